@@ -1,0 +1,235 @@
+"""The converter's public entry points: convert, load and layers."""
+from __future__ import annotations
+
+import atexit
+import collections
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from .emit import Header, emit_forward, emit_module
+from .errors import ConversionError
+from .ir import Graph, build_graph
+from .loader import load_model
+from .lower import Lowering
+from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
+from .passes import fold_constants, run_passes
+from .registry import find_handler
+
+
+@dataclass
+class ConversionResult:
+    name: str
+    class_name: str
+    source_path: Path
+    weights_path: Path
+    onnx_path: Path
+    sha256: str
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    num_parameters: int
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(self.op_counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (f"converted {self.onnx_path} (opset {self.opset}, sha256 {self.sha256[:12]}...)\n"
+                f"  ops: {ops}\n"
+                f"  parameters: {self.num_parameters:,}\n"
+                f"  wrote {self.source_path} (class {self.class_name})\n"
+                f"  wrote {self.weights_path}")
+
+
+@dataclass
+class _Compiled:
+    source: str
+    cls: str
+    tensors: dict[str, np.ndarray]
+    graph: Graph
+    op_counts: dict[str, int]
+
+
+def _default_name(path: Path) -> str:
+    stem = sanitize(path.stem.split(".")[0] if path.stem.count(".") > 1 else path.stem.replace(".", "_"))
+    stem = stem.lower() or "model"
+    return stem if not stem[0].isdigit() else "model_" + stem
+
+
+def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate) -> _Compiled:
+    loaded = load_model(onnx_path)
+    graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
+    op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
+    lowering = Lowering(graph)
+    parts = lowering.run()
+    for out in graph.outputs:
+        if graph.value(out).const is not None:
+            lowering.reference(out)
+    args = Namespace(RESERVED)
+    arg_names = {inp: args.claim(inp, fallback="input") for inp in graph.inputs}
+    forward = emit_forward(graph, parts, arg_names)
+    opset = graph.opsets.get("", 0)
+    header = Header(
+        source_name=safe_comment(source_name or loaded.path.name),
+        sha256=safe_comment(source_sha256 or loaded.sha256),
+        opset=opset,
+        producer=safe_comment(graph.producer),
+        regenerate=safe_comment(regenerate or f"python -m zoo.convert {loaded.path.name} -o DIR"),
+        version=__version__,
+    )
+    cls = class_name(name)
+    source = emit_module(graph, parts, cls, header, arg_names, forward)
+    return _Compiled(source, cls, parts.tensors, graph, op_counts)
+
+
+def _import_source(path: Path, cls: str) -> type[torch.nn.Module]:
+    module_name = f"zoo_generated_{sanitize(path.stem)}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # lets torch.compile, pickle and inspect find the class
+    spec.loader.exec_module(module)
+    return getattr(module, cls)
+
+
+def _state_dict(model: torch.nn.Module, tensors: dict[str, np.ndarray], where: str) -> dict[str, torch.Tensor]:
+    state = {}
+    expected = model.state_dict()
+    for key, current in expected.items():
+        if key in tensors:
+            t = torch.from_numpy(np.array(tensors[key], copy=True))
+            if tuple(t.shape) != tuple(current.shape):
+                raise ConversionError(f"{where}: weight {key!r} has shape {tuple(t.shape)}, "
+                                      f"layer expects {tuple(current.shape)}")
+            state[key] = t.to(current.dtype).contiguous()
+        elif key.endswith("num_batches_tracked"):
+            state[key] = current.clone()
+        else:
+            raise ConversionError(f"{where}: no weight for {key!r}; please report this")
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ConversionError(f"{where}: weights {extra[:5]} have no place in the module; please report this")
+    return state
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
+            outputs: Sequence[str] | None = None, source_name: str | None = None,
+            source_sha256: str | None = None, regenerate: str | None = None) -> ConversionResult:
+    """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
+
+    ``outputs`` cuts the graph at the named tensors. ``source_name``, ``source_sha256`` and ``regenerate``
+    only change the header of the generated file (the build uses them so that a stand-in and the real
+    file give byte-identical source).
+    """
+    path = Path(onnx_path)
+    name = sanitize(name) if name else _default_name(path)
+    if not name:
+        raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
+    compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source_path, weights_path = out / f"{name}.py", out / f"{name}.safetensors"
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=".zoo-") as staging:
+        staged = Path(staging) / f"{name}.py"
+        staged.write_text(compiled.source, encoding="utf-8")
+        model = _import_source(staged, compiled.cls)()
+        state = _state_dict(model, compiled.tensors, str(path))
+        _atomic_write(weights_path, lambda tmp: save_file(state, str(tmp), metadata={
+            "format": "pt", "source_sha256": compiled.graph.source.sha256}))
+        _atomic_write(source_path, lambda tmp: tmp.write_text(compiled.source, encoding="utf-8"))
+
+    params = sum(int(np.prod(t.shape)) for k, t in state.items() if not k.endswith("num_batches_tracked")
+                 and not k.endswith(("running_mean", "running_var")))
+    return ConversionResult(
+        name=name, class_name=compiled.cls, source_path=source_path, weights_path=weights_path, onnx_path=path,
+        sha256=compiled.graph.source.sha256, opset=compiled.graph.opsets.get("", 0),
+        inputs=list(compiled.graph.inputs), outputs=list(compiled.graph.outputs), num_parameters=params,
+        op_counts=compiled.op_counts,
+    )
+
+
+_LOAD_DIR: list[str] = []
+
+
+def _load_dir() -> Path:
+    if not _LOAD_DIR:
+        _LOAD_DIR.append(tempfile.mkdtemp(prefix="zoo-convert-"))
+        atexit.register(shutil.rmtree, _LOAD_DIR[0], ignore_errors=True)
+    return Path(_LOAD_DIR[0])
+
+
+def load(onnx_path: str | os.PathLike, *, name: str | None = None, outputs: Sequence[str] | None = None,
+         **options) -> torch.nn.Module:
+    """Convert and return the module, weights loaded, in eval mode.
+
+    The module carries ``zoo_onnx_inputs`` and ``zoo_onnx_outputs``: the ONNX tensor names of its
+    arguments and results, which :func:`verify` uses.
+    """
+    target = _load_dir() / uuid.uuid4().hex[:12]
+    result = convert(onnx_path, target, name=name, outputs=outputs, **options)
+    model = _import_source(result.source_path, result.class_name)()
+    model.load_state_dict(load_file(str(result.weights_path)), strict=True)
+    model.zoo_onnx_inputs = list(result.inputs)
+    model.zoo_onnx_outputs = list(result.outputs)
+    return model.eval()
+
+
+@dataclass
+class LayerInfo:
+    name: str
+    op_type: str
+    domain: str
+    opset: int
+    inputs: list[tuple[str, tuple | None]]
+    outputs: list[tuple[str, tuple | None]]
+    parameters: int
+    supported: bool
+
+    def __str__(self) -> str:
+        shapes = lambda vs: ", ".join("?" if s is None else "x".join(str(d) for d in s) or "scalar" for _, s in vs)
+        mark = "" if self.supported else "  UNSUPPORTED"
+        return (f"{self.op_type:<20} {self.name[:32]:<32} {shapes(self.inputs):<28} -> "
+                f"{shapes(self.outputs):<20} {self.parameters:>10,}{mark}")
+
+
+def layers(onnx_path: str | os.PathLike) -> list[LayerInfo]:
+    """Inspect a file without converting it: every node (after folding constants) with its shapes,
+    parameter count and whether the converter supports it. Shapes show the batch dimension as 'batch'."""
+    graph = build_graph(load_model(onnx_path))
+    fold_constants(graph)
+    rows = []
+    for node in graph.nodes:
+        def described(names):
+            out = []
+            for n in names:
+                if n:
+                    v = graph.value(n)
+                    out.append((n, tuple(v.const.shape) if v.const is not None else v.shape))
+            return out
+
+        params = sum(int(graph.value(i).const.size) for i in node.inputs
+                     if i and graph.value(i).const is not None and graph.value(i).const.dtype.kind == "f")
+        rows.append(LayerInfo(node.name, node.op_type, node.domain or "ai.onnx", node.opset, described(node.inputs),
+                              described(node.outputs), params,
+                              find_handler(node.domain, node.op_type, node.opset) is not None))
+    return rows

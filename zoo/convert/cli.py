@@ -1,0 +1,57 @@
+"""``python -m zoo.convert IN.onnx -o OUT_DIR [--outputs ...] [--verify]``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import ConversionError
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m zoo.convert",
+                                               description="Convert an ONNX file into readable PyTorch source "
+                                                           "and safetensors weights.")
+    parser.add_argument("onnx", help="the ONNX file")
+    parser.add_argument("-o", "--out", help="output folder (required unless --layers)")
+    parser.add_argument("--name", help="module name (default: from the file name)")
+    parser.add_argument("--outputs", nargs="+", metavar="TENSOR", help="cut the graph at these tensors")
+    parser.add_argument("--verify", action="store_true", help="compare with onnxruntime afterwards")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 3], metavar="N",
+                        help="batch sizes for --verify (default: 1 3)")
+    parser.add_argument("--layers", action="store_true", help="only list the graph's layers; convert nothing")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import api, verification
+
+    try:
+        if args.layers:
+            rows = api.layers(args.onnx)
+            for row in rows:
+                print(row)
+            missing = sorted({(r.op_type, r.opset) for r in rows if not r.supported})
+            print(f"{len(rows)} nodes, {sum(r.parameters for r in rows):,} parameters"
+                  + (f"; unsupported: {', '.join(f'{op} (opset {v})' for op, v in missing)}" if missing else ""))
+            return 0 if not missing else 1
+        if not args.out:
+            print("error: -o/--out is required", file=sys.stderr)
+            return 2
+        start = time.perf_counter()
+        result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs)
+        print(result)
+        print(f"  took {time.perf_counter() - start:.2f} s")
+        if args.verify:
+            module = api.load(args.onnx, name=args.name, outputs=args.outputs)
+            report = verification.verify(args.onnx, module, batch_sizes=args.batch_sizes)
+            print(report)
+            return 0 if report.passed else 1
+        return 0
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

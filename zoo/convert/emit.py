@@ -1,0 +1,198 @@
+"""Stage 5: assemble the module's source from lowered layers and statements.
+
+Local variables are recycled like registers (``x``, ``y``, ``z``, ...) so a tensor is released as soon as
+it is dead, and a value used once by the very next statement is written inline, as a person would.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from .errors import ConversionError
+from .ir import Graph
+from .lower import TOKEN, ModuleParts
+from .naming import RESERVED, Namespace, is_safe_identifier
+
+INLINE_MAX = 72
+INLINE_DEPTH = 3
+LOCAL_NAMES = ["x", "y", "z", "w", "v", "u"]
+# String literals handlers may put into generated code, besides identifiers.
+ALLOWED_STRINGS = {"constant", "reflect", "replicate", "circular", "nearest", "linear", "bilinear", "bicubic",
+                   "trilinear", "floor", "trunc", "tanh", "none", "mean", "sum", "zeros", "border", "reflection",
+                   "-inf", "inf", "nan", ""}
+
+
+@dataclass
+class Header:
+    source_name: str
+    sha256: str
+    opset: int
+    producer: str
+    regenerate: str
+    version: str
+
+
+def _call_depth(expr: str) -> int:
+    def depth(node: ast.AST) -> int:
+        inner = max((depth(child) for child in ast.iter_child_nodes(node)), default=0)
+        return inner + isinstance(node, ast.Call)
+
+    try:
+        return depth(ast.parse(expr, mode="eval"))
+    except SyntaxError:
+        return 99
+
+
+def _tidy(expr: str) -> str:
+    """Canonical spelling; drops the parentheses inlining added where they are not needed."""
+    return ast.unparse(ast.parse(expr, mode="eval"))
+
+
+def _is_atomic(expr: str) -> bool:
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        return False
+    if isinstance(tree, ast.Constant):
+        return not isinstance(tree.value, (int, float)) or tree.value >= 0
+    return isinstance(tree, (ast.Call, ast.Name, ast.Attribute, ast.Subscript, ast.List, ast.Tuple))
+
+
+class _Locals:
+    def __init__(self, args: list[str]):
+        self.args = set(args)
+        self.bound: dict[str, str] = {}  # variable -> value it holds
+        self.generated = 0
+
+    def free_name(self, live: set[str]) -> str:
+        busy = {var for var, value in self.bound.items() if value in live}
+        candidates = LOCAL_NAMES + [f"t{i}" for i in range(len(LOCAL_NAMES), len(LOCAL_NAMES) + 10_000)]
+        for name in candidates:
+            if name not in busy and name not in self.args:
+                return name
+        raise ConversionError("too many live tensors")
+
+
+def emit_forward(graph: Graph, parts: ModuleParts, arg_names: dict[str, str]) -> list[str]:
+    stmts = parts.statements
+    token_of = {v: f"\x00{i}\x00" for i, v in enumerate(parts.token_values)}
+    outputs = set(graph.outputs)
+
+    uses: dict[str, int] = {}
+    last_use: dict[str, int] = {}
+    for i, st in enumerate(stmts):
+        for m in TOKEN.finditer(st.expr):
+            v = parts.token_values[int(m.group(1))]
+            uses[v] = uses.get(v, 0) + 1
+            last_use[v] = i
+    for v in outputs:
+        last_use[v] = len(stmts)
+
+    names: dict[str, str] = dict(arg_names)
+    pending: dict[str, str] = {}
+    local = _Locals(list(arg_names.values()))
+    lines: list[str] = []
+
+    def render(expr: str) -> str:
+        def sub(m):
+            v = parts.token_values[int(m.group(1))]
+            if v in pending:
+                text = pending.pop(v)
+                return text if _is_atomic(text) else f"({text})"
+            return names[v]
+
+        return TOKEN.sub(sub, expr)
+
+    for i, st in enumerate(stmts):
+        text = render(st.expr)
+        out = st.outputs[0] if len(st.outputs) == 1 else None
+        nxt = stmts[i + 1].expr if i + 1 < len(stmts) else ""
+        if (out is not None and not st.multi and out not in outputs and uses.get(out) == 1
+                and out in token_of and token_of[out] in nxt and len(text) <= INLINE_MAX
+                and _call_depth(text) < INLINE_DEPTH):
+            pending[out] = text
+            continue
+        if i == len(stmts) - 1 and st.outputs == graph.outputs and not st.multi:
+            lines.append(f"return {_tidy(text)}")
+            return lines
+        live = {v for v, last in last_use.items() if last > i}
+        targets = []
+        dying = [names[v] for v in _token_values(st.expr, parts) if last_use.get(v) == i and v not in arg_names
+                 and v in names]
+        for o in st.outputs:
+            if o is None:
+                targets.append("_")
+                continue
+            var = next((d for d in dying if d not in targets), None) or local.free_name(live | set(st.outputs))
+            local.bound[var] = o
+            names[o] = var
+            targets.append(var)
+        lines.append(f"{', '.join(targets)} = {_tidy(text)}")
+
+    returns = []
+    for o in graph.outputs:
+        returns.append(names[o] if o in names else render(_reference(parts, o)))
+    lines.append("return " + ", ".join(returns))
+    return lines
+
+
+def _token_values(expr: str, parts: ModuleParts) -> list[str]:
+    seen: list[str] = []
+    for m in TOKEN.finditer(expr):
+        v = parts.token_values[int(m.group(1))]
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def _reference(parts: ModuleParts, value: str) -> str:
+    return parts.tokens.get(value, "")
+
+
+def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, arg_names: dict[str, str],
+                forward: list[str]) -> str:
+    body = "\n".join(f"        {line}" for line in forward)
+    init = "\n".join(f"        self.{layer.attr} = {layer.ctor}" for layer in parts.layers) or "        pass"
+    args = ", ".join(f"{name}: torch.Tensor" for name in arg_names.values())
+    n_out = len(graph.outputs)
+    ret = "torch.Tensor" if n_out == 1 else "tuple[" + ", ".join(["torch.Tensor"] * n_out) + "]"
+    uses_f = "F." in body or "F." in init
+    source = (
+        f"# Generated by zoo.convert {header.version} from {header.source_name}\n"
+        f"#   sha256 {header.sha256} · opset {header.opset} · producer {header.producer or 'unknown'}\n"
+        f"# Do not edit by hand: regenerate with `{header.regenerate}`.\n"
+        "import torch\n"
+        "from torch import nn\n"
+        + ("from torch.nn import functional as F\n" if uses_f else "")
+        + "\n\n"
+        f"class {cls}(nn.Module):\n"
+        f"    def __init__(self) -> None:\n"
+        f"        super().__init__()\n"
+        f"{init}\n\n"
+        f"    def forward(self, {args}) -> {ret}:\n"
+        f"{body}\n"
+    )
+    check_source(source, graph)
+    return source
+
+
+def check_source(source: str, graph: Graph) -> None:
+    """Belt and braces: generated code holds only identifiers, numbers and known words."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise ConversionError(f"{graph.where()}: generated code does not parse ({exc}); please report this") from exc
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if not (is_safe_identifier(node.value) or node.value in ALLOWED_STRINGS):
+                raise ConversionError(f"{graph.where()}: refusing to emit string literal {node.value!r}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+            raise ConversionError(f"{graph.where()}: refusing to emit a bytes literal")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if not all(m == "torch" or m.startswith("torch.") for m in mods):
+                raise ConversionError(f"{graph.where()}: refusing to emit an import of {mods}")
+
+
+def local_namespace() -> Namespace:
+    return Namespace(set(RESERVED) | set(LOCAL_NAMES))

@@ -1,0 +1,182 @@
+"""Stage 2: a small, mutable graph the passes and the code generator work on.
+
+Shapes come from onnx shape inference, run with the batch dimension of every runtime input made
+symbolic, so a dimension equal to ``BATCH`` is known to follow the batch size.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from .errors import ConversionError
+from .loader import LoadedModel
+
+BATCH = "batch"
+Dim = int | str | None
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple[Dim, ...] | None = None
+    dtype: np.dtype | None = None
+    const: np.ndarray | None = None
+
+    @property
+    def rank(self) -> int | None:
+        if self.const is not None:
+            return self.const.ndim
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclass
+class Node:
+    op_type: str
+    domain: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+    opset: int
+    proto: onnx.NodeProto | None = None
+
+    def describe(self) -> str:
+        label = f"{self.op_type} node {self.name!r}" if self.name else f"{self.op_type} node"
+        return f"{label} (output {self.outputs[0]!r})" if self.outputs else label
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    values: dict[str, Value]
+    inputs: list[str]
+    outputs: list[str]
+    opsets: dict[str, int]
+    source: LoadedModel
+    producer: str = ""
+    static_batch_inputs: set[str] = field(default_factory=set)
+
+    def value(self, name: str) -> Value:
+        if name not in self.values:
+            self.values[name] = Value(name)
+        return self.values[name]
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name:
+                    users.setdefault(name, []).append(node)
+        return users
+
+    def producer_of(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs if out}
+
+    def where(self, node: Node | None = None) -> str:
+        where = str(self.source.path)
+        return f"{where}: {node.describe()}" if node is not None else where
+
+
+_DTYPES = {}
+for _code in onnx.TensorProto.DataType.values():
+    try:
+        _DTYPES[_code] = np.dtype(helper.tensor_dtype_to_np_dtype(_code))
+    except Exception:
+        pass
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[tuple[Dim, ...] | None, np.dtype | None]:
+    if not type_proto.HasField("tensor_type"):
+        return None, None
+    tensor = type_proto.tensor_type
+    dtype = _DTYPES.get(tensor.elem_type)
+    if not tensor.HasField("shape"):
+        return None, dtype
+    dims: list[Dim] = []
+    for d in tensor.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims), dtype
+
+
+def _with_symbolic_batch(proto: onnx.ModelProto, runtime_inputs: list[str]) -> tuple[onnx.ModelProto, set[str]]:
+    """Copy of the model whose runtime inputs have a symbolic first dimension; returns which were static."""
+    model = copy.copy(proto)
+    model.CopyFrom(proto)
+    static = set()
+    for inp in model.graph.input:
+        if inp.name not in runtime_inputs or not inp.type.HasField("tensor_type"):
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        if len(dims) >= 2:
+            if dims[0].HasField("dim_value"):
+                static.add(inp.name)
+            dims[0].Clear()
+            dims[0].dim_param = BATCH
+    return model, static
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    attrs = {}
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode("utf-8", errors="replace") for v in value]
+        attrs[attr.name] = value
+    return attrs
+
+
+def build_graph(loaded: LoadedModel) -> Graph:
+    proto = loaded.proto
+    g = proto.graph
+    opsets = {op.domain if op.domain != "ai.onnx" else "": op.version for op in proto.opset_import}
+    init_names = {t.name for t in g.initializer}
+    runtime_inputs = [i.name for i in g.input if i.name not in init_names]
+
+    symbolic, static = _with_symbolic_batch(proto, runtime_inputs)
+    try:
+        inferred = shape_inference.infer_shapes(symbolic, data_prop=True)
+    except Exception as exc:
+        raise ConversionError(f"{loaded.path}: shape inference failed: {exc}") from exc
+
+    values: dict[str, Value] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        shape, dtype = _dims(vi.type)
+        values[vi.name] = Value(vi.name, shape, dtype)
+    for t in g.initializer:
+        array = numpy_helper.to_array(t)
+        values[t.name] = Value(t.name, tuple(array.shape), array.dtype, array)
+
+    nodes = []
+    for i, n in enumerate(g.node):
+        domain = n.domain if n.domain != "ai.onnx" else ""
+        if domain not in opsets:
+            raise ConversionError(f"{loaded.path}: node {n.name!r} uses domain {domain!r} with no opset import")
+        nodes.append(Node(n.op_type, domain, n.name, list(n.input), list(n.output), _attributes(n), opsets[domain], n))
+        for out in n.output:
+            values.setdefault(out, Value(out))
+    if not [o.name for o in g.output]:
+        raise ConversionError(f"{loaded.path}: the graph has no outputs")
+    return Graph(
+        nodes=nodes,
+        values=values,
+        inputs=runtime_inputs,
+        outputs=[o.name for o in g.output],
+        opsets=opsets,
+        source=loaded,
+        producer=proto.producer_name,
+        static_batch_inputs=static,
+    )

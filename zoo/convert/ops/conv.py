@@ -1,0 +1,101 @@
+"""Conv and ConvTranspose as nn.Conv{1,2,3}d / nn.ConvTranspose{1,2,3}d."""
+from __future__ import annotations
+
+from ..errors import Unsupported
+from ..registry import register_op
+from ._util import auto_pads, one_or_all, torch_pad
+
+
+def _geometry(ctx, weight_shape):
+    n = len(weight_shape) - 2
+    if n not in (1, 2, 3):
+        raise Unsupported(f"{n}-d convolution")
+    kernel = list(ctx.attr("kernel_shape") or weight_shape[2:])
+    strides = list(ctx.attr("strides") or [1] * n)
+    dilations = list(ctx.attr("dilations") or [1] * n)
+    return n, kernel, strides, dilations
+
+
+@register_op("Conv", since=1)
+def conv(ctx):
+    weight = ctx.const(1)
+    bias = ctx.const(2) if ctx.has_input(2) else None
+    if weight is None or (ctx.has_input(2) and bias is None):
+        return _functional_conv(ctx)
+    n, kernel, strides, dilations = _geometry(ctx, weight.shape)
+    begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    groups = int(ctx.attr("group", 1))
+    args = [str(weight.shape[1] * groups), str(weight.shape[0]), f"kernel_size={ctx.lit(one_or_all(kernel))}"]
+    if any(s != 1 for s in strides):
+        args.append(f"stride={ctx.lit(one_or_all(strides))}")
+    symmetric = begins == ends
+    if symmetric and any(begins):
+        args.append(f"padding={ctx.lit(one_or_all(begins))}")
+    if any(d != 1 for d in dilations):
+        args.append(f"dilation={ctx.lit(one_or_all(dilations))}")
+    if groups != 1:
+        args.append(f"groups={groups}")
+    tensors = {"weight": weight}
+    if bias is None:
+        args.append("bias=False")
+    else:
+        tensors["bias"] = bias
+    layer = ctx.layer(f"nn.Conv{n}d({', '.join(args)})", **tensors)
+    x = ctx.x(0)
+    if not symmetric:
+        x = f"F.pad({x}, {ctx.lit(torch_pad(begins, ends))})"
+    return f"{layer}({x})"
+
+
+def _functional_conv(ctx):
+    n, kernel, strides, dilations = _geometry(ctx, ctx.shape(1) or ())
+    begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    x = ctx.x(0)
+    if begins != ends:
+        x, begins = f"F.pad({x}, {ctx.lit(torch_pad(begins, ends))})", [0] * n
+    bias = ctx.x(2) if ctx.has_input(2) else "None"
+    return (f"F.conv{n}d({x}, {ctx.x(1)}, {bias}, stride={ctx.lit(tuple(strides))}, "
+            f"padding={ctx.lit(tuple(begins))}, dilation={ctx.lit(tuple(dilations))}, groups={int(ctx.attr('group', 1))})")
+
+
+@register_op("ConvTranspose", since=1)
+def conv_transpose(ctx):
+    weight = ctx.require_const(1, "the weight")
+    bias = ctx.const(2) if ctx.has_input(2) else None
+    if ctx.has_input(2) and bias is None:
+        raise Unsupported("a non-constant bias")
+    n, kernel, strides, dilations = _geometry(ctx, weight.shape)
+    groups = int(ctx.attr("group", 1))
+    if ctx.attr("output_shape") is not None:
+        raise Unsupported("the output_shape attribute")
+    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
+        raise Unsupported(f"auto_pad {ctx.attr('auto_pad')!r}")
+    pads = list(ctx.attr("pads") or [0] * (2 * n)) if ctx.attr("auto_pad", "NOTSET") != "VALID" else [0] * (2 * n)
+    begins, ends = pads[:n], pads[n:]
+    out_pad = list(ctx.attr("output_padding") or [0] * n)
+    # PyTorch takes symmetric padding; extra end padding is cropped from the output instead.
+    common = [min(b, e) for b, e in zip(begins, ends)]
+    args = [str(weight.shape[0]), str(weight.shape[1] * groups), f"kernel_size={ctx.lit(one_or_all(kernel))}"]
+    if any(s != 1 for s in strides):
+        args.append(f"stride={ctx.lit(one_or_all(strides))}")
+    if any(common):
+        args.append(f"padding={ctx.lit(one_or_all(common))}")
+    if any(out_pad):
+        args.append(f"output_padding={ctx.lit(one_or_all(out_pad))}")
+    if groups != 1:
+        args.append(f"groups={groups}")
+    if any(d != 1 for d in dilations):
+        args.append(f"dilation={ctx.lit(one_or_all(dilations))}")
+    tensors = {"weight": weight}
+    if bias is None:
+        args.append("bias=False")
+    else:
+        tensors["bias"] = bias
+    layer = ctx.layer(f"nn.ConvTranspose{n}d({', '.join(args)})", **tensors)
+    expr = f"{layer}({ctx.x(0)})"
+    crops = [(b - c, e - c) for b, e, c in zip(begins, ends, common)]
+    if any(b or e for b, e in crops):
+        index = ", ".join([":", ":"] + [f"{b}:{-e if e else ''}" for b, e in crops])
+        expr = f"{expr}[{index}]"
+    return expr
+

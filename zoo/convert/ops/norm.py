@@ -1,0 +1,102 @@
+"""BatchNormalization, LRN, InstanceNormalization, LayerNormalization, GroupNormalization."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..registry import register_op
+
+_RANK_TO_DIMS = {2: 1, 3: 1, 4: 2, 5: 3}
+
+
+def _eps(ctx, default=1e-5):
+    return ctx.lit(np.float32(ctx.attr("epsilon", default)))
+
+
+@register_op("BatchNormalization", since=1)
+def batch_norm(ctx):
+    if any(ctx.output_used(i) for i in range(1, 5)) or ctx.attr("training_mode", 0):
+        raise Unsupported("training-mode outputs (running mean/var)")
+    if ctx.opset < 7 and not ctx.attr("spatial", 1):
+        raise Unsupported("spatial=0")
+    rank = ctx.rank(0)
+    consts = [ctx.const(i) for i in range(1, 5)]
+    if rank in _RANK_TO_DIMS and all(c is not None and c.ndim == 1 for c in consts):
+        scale, bias, mean, var = consts
+        args = [str(scale.shape[0])]
+        eps = float(np.float32(ctx.attr("epsilon", 1e-5)))
+        if abs(eps - 1e-5) > 1e-12:
+            args.append(f"eps={_eps(ctx)}")
+        momentum = round(1.0 - float(np.float32(ctx.attr("momentum", 0.9))), 6)
+        if momentum != 0.1:
+            args.append(f"momentum={ctx.lit(momentum)}")
+        layer = ctx.layer(f"nn.BatchNorm{_RANK_TO_DIMS[rank]}d({', '.join(args)})",
+                          weight=scale, bias=bias, running_mean=mean, running_var=var)
+        return f"{layer}({ctx.x(0)})"
+    x, scale, bias, mean, var = (ctx.x(i) for i in range(5))
+    return f"F.batch_norm({x}, {mean}, {var}, {scale}, {bias}, False, 0.0, {_eps(ctx)})"
+
+
+@register_op("LRN", since=1)
+def lrn(ctx):
+    size = int(ctx.attr("size"))
+    args = [str(size)]
+    for onnx_name, torch_name, default in (("alpha", "alpha", 1e-4), ("beta", "beta", 0.75), ("bias", "k", 1.0)):
+        args.append(f"{torch_name}={ctx.lit(np.float32(ctx.attr(onnx_name, default)))}")
+    layer = ctx.layer(f"nn.LocalResponseNorm({', '.join(args)})", hint="lrn")
+    if size % 2:
+        return f"{layer}({ctx.x(0)})"
+    # For an even size ONNX's window leans towards later channels and PyTorch's towards earlier ones.
+    return f"{layer}({ctx.x(0)}.flip(1)).flip(1)"
+
+
+@register_op("InstanceNormalization", since=1)
+def instance_norm(ctx):
+    rank = ctx.rank(0)
+    scale, bias = ctx.const(1), ctx.const(2)
+    if rank in (3, 4, 5) and scale is not None and bias is not None:
+        layer = ctx.layer(f"nn.InstanceNorm{rank - 2}d({scale.shape[0]}, eps={_eps(ctx)}, affine=True)",
+                          weight=scale, bias=bias)
+        return f"{layer}({ctx.x(0)})"
+    return f"F.instance_norm({ctx.x(0)}, weight={ctx.x(1)}, bias={ctx.x(2)}, eps={_eps(ctx)})"
+
+
+@register_op("LayerNormalization", since=17)
+def layer_norm(ctx):
+    if ctx.output_used(1) or ctx.output_used(2):
+        raise Unsupported("the Mean and InvStdDev outputs")
+    rank = ctx.rank(0)
+    axis = int(ctx.attr("axis", -1)) % rank
+    shape = ctx.shape(0)
+    normalized = tuple(shape[axis:]) if shape is not None else ()
+    if not normalized or not all(isinstance(d, int) for d in normalized):
+        raise Unsupported("LayerNormalization over dimensions of unknown size")
+    scale = ctx.const(1)
+    bias = ctx.const(2) if ctx.has_input(2) else None
+    if (scale is not None and scale.shape == normalized and (not ctx.has_input(2) or (bias is not None and bias.shape == normalized))):
+        tensors = {"weight": scale}
+        extra = ""
+        if bias is not None:
+            tensors["bias"] = bias
+        else:
+            extra = ", bias=False"
+        dims = ctx.lit(normalized[0]) if len(normalized) == 1 else ctx.lit(normalized)
+        layer = ctx.layer(f"nn.LayerNorm({dims}, eps={_eps(ctx)}{extra})", **tensors)
+        return f"{layer}({ctx.x(0)})"
+    normed = f"F.layer_norm({ctx.x(0)}, {ctx.lit(normalized)}, eps={_eps(ctx)})"
+    normed = f"{normed} * {ctx.x(1)}"
+    return f"{normed} + {ctx.x(2)}" if ctx.has_input(2) else normed
+
+
+@register_op("GroupNormalization", since=18)
+def group_norm(ctx):
+    groups = int(ctx.attr("num_groups"))
+    shape = ctx.shape(0)
+    channels = shape[1] if shape is not None else None
+    scale, bias = ctx.const(1), ctx.const(2)
+    if not isinstance(channels, int) or scale is None or bias is None:
+        raise Unsupported("GroupNormalization needs a known channel count and constant scale and bias")
+    if ctx.opset < 21 and scale.shape[0] == groups and groups != channels:
+        scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
+    layer = ctx.layer(f"nn.GroupNorm({groups}, {channels}, eps={_eps(ctx)})", weight=scale, bias=bias)
+    return f"{layer}({ctx.x(0)})"

@@ -1,0 +1,25 @@
+"""Dropout: a real nn.Dropout layer, so the module trains the way the original did."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..registry import register_op
+
+
+@register_op("Dropout", since=1)
+def dropout(ctx):
+    if ctx.opset >= 12:
+        ratio = ctx.const(1) if ctx.has_input(1) else np.float32(0.5)
+        if ratio is None:
+            raise Unsupported("a non-constant ratio")
+        training = ctx.const(2) if ctx.has_input(2) else np.bool_(False)
+        if training is None or bool(training):
+            raise Unsupported("training_mode set in the graph")
+        ratio = np.float32(ratio.reshape(()) if isinstance(ratio, np.ndarray) else ratio)
+    else:
+        ratio = np.float32(ctx.attr("ratio", 0.5))
+    layer = ctx.layer(f"nn.Dropout(p={ctx.lit(ratio)})", hint="dropout")
+    # In inference mode ONNX's mask is all ones.
+    mask = f"torch.ones_like({ctx.x(0)}, dtype=torch.bool)" if ctx.output_used(1) else None
+    return [f"{layer}({ctx.x(0)})", mask]

@@ -1,0 +1,236 @@
+"""Shape and data-movement ops: Reshape, Flatten, Concat, (Un)Squeeze, Transpose, Gather, Slice, ..."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..registry import register_op
+from ._util import axis as norm_axis
+
+INT_MAX = 2**31 - 1
+
+
+def _ints(array) -> list[int]:
+    return [int(v) for v in np.asarray(array).reshape(-1)]
+
+
+@register_op("Identity", since=1)
+def identity(ctx):
+    return ctx.x(0)
+
+
+@register_op("Reshape", since=1)
+def reshape(ctx):
+    target = ctx.attr("shape") if ctx.opset < 5 else ctx.const(1)
+    x = ctx.x(0)
+    if target is None:
+        return f"{x}.reshape({ctx.x(1)}.tolist())"
+    target = _ints(target)
+    allow_zero = ctx.opset >= 14 and ctx.attr("allowzero", 0)
+    if not allow_zero and 0 in target:
+        dims = [f"{x}.shape[{i}]" if d == 0 else ctx.lit(d) for i, d in enumerate(target)]
+        return f"{x}.reshape({', '.join(dims)})" if dims else f"{x}.reshape(())"
+    return f"{x}.reshape({ctx.lit(tuple(target))})"
+
+
+@register_op("Flatten", since=1)
+def flatten(ctx):
+    rank = ctx.rank(0)
+    ax = int(ctx.attr("axis", 1))
+    ax = ax % rank if rank else 0
+    x = ctx.x(0)
+    if ax == 0:
+        return f"{x}.reshape(1, -1)"
+    if ax == 1:
+        return f"torch.flatten({x}, 1)"
+    return f"torch.flatten(torch.flatten({x}, {ax}), 0, {ax - 1})"
+
+
+@register_op("Concat", since=1)
+def concat(ctx):
+    parts = ", ".join(ctx.x(i) for i in range(ctx.num_inputs) if ctx.has_input(i))
+    return f"torch.cat([{parts}], dim={int(ctx.attr('axis', 1))})"
+
+
+def _axes(ctx, index: int, what: str):
+    if ctx.opset < 13:
+        return ctx.attr("axes")
+    if not ctx.has_input(index):
+        return None
+    return _ints(ctx.require_const(index, what))
+
+
+@register_op("Unsqueeze", since=1)
+def unsqueeze(ctx):
+    axes = _axes(ctx, 1, "axes")
+    out_rank = ctx.rank(0) + len(axes)
+    expr = ctx.x(0)
+    for a in sorted(a % out_rank for a in axes):
+        expr = f"{expr}.unsqueeze({a})"
+    return expr
+
+
+@register_op("Squeeze", since=1)
+def squeeze(ctx):
+    axes = _axes(ctx, 1, "axes")
+    if axes is None:
+        return f"{ctx.x(0)}.squeeze()"
+    rank = ctx.rank(0)
+    dims = tuple(sorted(a % rank for a in axes))
+    return f"{ctx.x(0)}.squeeze({dims[0]})" if len(dims) == 1 else f"{ctx.x(0)}.squeeze({ctx.lit(dims)})"
+
+
+@register_op("Transpose", since=1)
+def transpose(ctx):
+    perm = ctx.attr("perm")
+    if perm is None:
+        perm = list(reversed(range(ctx.rank(0))))
+    return f"{ctx.x(0)}.permute({ctx.lit(tuple(int(p) for p in perm))})"
+
+
+@register_op("Shape", since=1)
+def shape(ctx):
+    x = ctx.x(0)
+    start, end = ctx.attr("start"), ctx.attr("end")
+    dims = f"{x}.shape"
+    if start is not None or end is not None:
+        dims += f"[{'' if not start else int(start)}:{'' if end is None else int(end)}]"
+    return f"torch.tensor({dims}, dtype=torch.int64, device={x}.device)"
+
+
+@register_op("Size", since=1)
+def size(ctx):
+    x = ctx.x(0)
+    return f"torch.tensor({x}.numel(), dtype=torch.int64, device={x}.device)"
+
+
+@register_op("Gather", since=1)
+def gather(ctx):
+    rank = ctx.rank(0)
+    ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
+    indices = ctx.const(1)
+    if indices is not None and indices.ndim == 0:
+        index = ctx.lit(int(indices))
+    else:
+        index = ctx.x(1)
+    return f"{ctx.x(0)}[{':, ' * ax}{index}]"
+
+
+@register_op("GatherElements", since=11)
+def gather_elements(ctx):
+    rank = ctx.rank(0)
+    ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
+    x, idx = ctx.x(0), ctx.x(1)
+    return f"torch.gather({x}, {ax}, torch.where({idx} < 0, {idx} + {x}.shape[{ax}], {idx}))"
+
+
+@register_op("Slice", since=1)
+def slice_(ctx):
+    rank = ctx.rank(0)
+    if ctx.opset < 10:
+        starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
+    else:
+        starts = _ints(ctx.require_const(1, "starts"))
+        ends = _ints(ctx.require_const(2, "ends"))
+        axes = _ints(ctx.require_const(3, "axes")) if ctx.has_input(3) else None
+        steps = _ints(ctx.require_const(4, "steps")) if ctx.has_input(4) else None
+    axes = list(range(len(starts))) if axes is None else [a % rank for a in axes]
+    steps = steps or [1] * len(starts)
+    index = [":"] * rank
+    flips = []
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if st < 0:
+            raise Unsupported("negative steps")
+        s_txt = "" if s == 0 else str(s)
+        e_txt = "" if e >= INT_MAX else str(max(e, -INT_MAX))
+        index[a] = f"{s_txt}:{e_txt}" + ("" if st == 1 else f":{st}")
+    while index and index[-1] == ":":
+        index.pop()
+    del flips
+    if not index:
+        return ctx.x(0)
+    return f"{ctx.x(0)}[{', '.join(index)}]"
+
+
+@register_op("Expand", since=8)
+def expand(ctx):
+    target = ctx.const(1)
+    x = ctx.x(0)
+    shape = ctx.lit(tuple(_ints(target))) if target is not None else f"{ctx.x(1)}.tolist()"
+    return f"{x}.expand(torch.broadcast_shapes({x}.shape, {shape}))"
+
+
+@register_op("Tile", since=6)
+def tile(ctx):
+    reps = ctx.const(1)
+    return f"{ctx.x(0)}.repeat({ctx.lit(tuple(_ints(reps))) if reps is not None else ctx.x(1) + '.tolist()'})"
+
+
+@register_op("Split", since=1)
+def split(ctx):
+    from ..lower import Multi
+
+    rank = ctx.rank(0)
+    ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
+    n = len(ctx.node.outputs)
+    sizes = ctx.attr("split") if ctx.opset < 13 else (_ints(ctx.require_const(1, "split")) if ctx.has_input(1) else None)
+    if not sizes:
+        shape = ctx.shape(0)
+        dim = shape[ax] if shape is not None else None
+        if not isinstance(dim, int):
+            raise Unsupported("an even split of a dimension of unknown size")
+        chunk = -(-dim // n)
+        sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    return Multi(f"torch.split({ctx.x(0)}, {ctx.lit(list(int(s) for s in sizes))}, dim={ax})")
+
+
+@register_op("Cast", since=1)
+def cast(ctx):
+    to = ctx.out_dtype(0)
+    if to is None:
+        raise Unsupported("unknown target type")
+    return f"{ctx.x(0)}.to({ctx.torch_dtype(to)})"
+
+
+@register_op("CastLike", since=15)
+def cast_like(ctx):
+    return f"{ctx.x(0)}.to({ctx.x(1)}.dtype)"
+
+
+@register_op("ConstantOfShape", since=9)
+def constant_of_shape(ctx):
+    value = ctx.attr("value")
+    fill = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value)
+    dtype = ctx.torch_dtype(fill.dtype)
+    return f"torch.full({ctx.x(0)}.tolist(), {ctx.lit(fill.reshape(-1)[0])}, dtype={dtype})"
+
+
+@register_op("Pad", since=1)
+def pad(ctx):
+    rank = ctx.rank(0)
+    if ctx.opset < 11:
+        pads, value = list(ctx.attr("pads" if ctx.opset >= 2 else "paddings")), float(ctx.attr("value", 0.0))
+        axes = list(range(rank))
+    else:
+        pads = _ints(ctx.require_const(1, "pads"))
+        value_c = ctx.const(2) if ctx.has_input(2) else None
+        if ctx.has_input(2) and value_c is None:
+            raise Unsupported("a non-constant pad value")
+        value = value_c.reshape(-1)[0].item() if value_c is not None and value_c.size else 0
+        axes = [a % rank for a in _ints(ctx.require_const(3, "axes"))] if ctx.has_input(3) else list(range(rank))
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
+        ctx.attr("mode", "constant"))
+    if mode is None:
+        raise Unsupported(f"mode {ctx.attr('mode')!r}")
+    n = len(axes)
+    begin = dict(zip(axes, pads[:n]))
+    end = dict(zip(axes, pads[n:]))
+    order = []
+    for a in reversed(range(rank)):
+        order += [begin.get(a, 0), end.get(a, 0)]
+    while len(order) > 2 and order[-1] == 0 and order[-2] == 0:
+        order = order[:-2]
+    if mode != "constant":
+        return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, mode={mode!r})"
+    return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, value={ctx.lit(value)})" if value else \
+        f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))})"

@@ -1,0 +1,199 @@
+"""Stage 3: small graph rewrites, each a function of the Graph, run in order by :func:`run_passes`."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from .errors import ConversionError
+from .ir import BATCH, Graph, Node, Value
+
+# Never folded: their value is not a function of their inputs.
+_NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "Dropout"}
+_MAX_FOLDED_ELEMENTS = 1 << 26
+
+
+def cut_at(graph: Graph, outputs: list[str] | None) -> None:
+    """Make ``outputs`` the graph's outputs (e.g. the logits before a final Softmax)."""
+    if not outputs:
+        return
+    known = set(graph.inputs) | {o for n in graph.nodes for o in n.outputs} | \
+        {name for name, v in graph.values.items() if v.const is not None}
+    missing = [o for o in outputs if o not in known]
+    if missing:
+        sample = ", ".join(repr(o) for o in graph.outputs[:3])
+        raise ConversionError(f"{graph.where()}: no tensor named {', '.join(map(repr, missing))} to cut at "
+                              f"(graph outputs are {sample}; `layers()` lists every tensor)")
+    graph.outputs = list(outputs)
+
+
+def drop_dead_nodes(graph: Graph) -> None:
+    needed = set(graph.outputs)
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(o in needed for o in node.outputs if o):
+            kept.append(node)
+            needed.update(i for i in node.inputs if i)
+    graph.nodes = list(reversed(kept))
+
+
+def _set_const(graph: Graph, name: str, array: np.ndarray) -> None:
+    array = np.asarray(array)
+    graph.values[name] = Value(name, tuple(array.shape), array.dtype, array)
+
+
+def _static_shape(value: Value) -> tuple[int, ...] | None:
+    if value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(value.shape)
+
+
+def _single_node_model(graph: Graph, node: Node, inputs: list[str]) -> onnx.ModelProto:
+    def info(name: str) -> onnx.ValueInfoProto:
+        array = graph.value(name).const
+        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
+
+    outputs = [helper.make_empty_tensor_value_info(o) for o in node.outputs if o]
+    body = helper.make_graph([node.proto], "fold", [info(i) for i in dict.fromkeys(inputs)], outputs)
+    return helper.make_model(body, opset_imports=[helper.make_opsetid(d, v) for d, v in graph.opsets.items()])
+
+
+def fold_constants(graph: Graph) -> None:
+    """Evaluate nodes whose inputs are all constants with onnx's reference implementation."""
+    kept = []
+    for node in graph.nodes:
+        if node.op_type in ("Shape", "Size") and node.domain == "" and node.inputs:
+            static = _static_shape(graph.value(node.inputs[0]))
+            if static is not None and graph.value(node.inputs[0]).const is None:
+                dims = np.array(static, dtype=np.int64)
+                if node.op_type == "Size":
+                    dims = np.array(int(np.prod(dims)), dtype=np.int64)
+                else:
+                    dims = dims[node.attrs.get("start", 0): node.attrs.get("end", len(dims))]
+                _set_const(graph, node.outputs[0], dims)
+                continue
+        inputs = [i for i in node.inputs if i]
+        if (node.domain != "" or node.op_type in _NOT_FOLDABLE or node.proto is None
+                or not all(graph.value(i).const is not None for i in inputs)
+                or sum(graph.value(i).const.size for i in inputs) > _MAX_FOLDED_ELEMENTS):
+            kept.append(node)
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results = ReferenceEvaluator(_single_node_model(graph, node, inputs)).run(
+                    None, {i: graph.value(i).const for i in inputs})
+        except Exception:
+            kept.append(node)  # left for the handler to do at run time
+            continue
+        for name, array in zip(node.outputs, results):
+            if name:
+                _set_const(graph, name, np.asarray(array))
+    graph.nodes = kept
+
+
+def forward_identities(graph: Graph) -> None:
+    """Consumers of an Identity read its input directly (torch.onnx.export aliases weights this way)."""
+    outputs = set(graph.outputs)
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [alias.get(i, i) for i in node.inputs]
+        if node.op_type == "Identity" and node.outputs[0] not in outputs:
+            alias[node.outputs[0]] = node.inputs[0]
+        else:
+            kept.append(node)
+    graph.nodes = kept
+
+
+def _per_channel(c: np.ndarray, rank: int, channels: int) -> np.ndarray | None:
+    """c as a length-``channels`` vector if it broadcasts along axis 1 of a rank-``rank`` tensor only."""
+    if c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + c.shape
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(c.reshape(-1), (channels,)).astype(c.dtype)
+
+
+def fuse_batchnorm_scale(graph: Graph) -> None:
+    """Caffe2's BatchNormalization followed by per-channel Mul and Add becomes one affine BatchNorm."""
+    users = graph.consumers()
+    removed: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type != "BatchNormalization" or len([o for o in node.outputs if o]) != 1:
+            continue
+        scale_name, bias_name = node.inputs[1], node.inputs[2]
+        scale, bias = graph.value(scale_name).const, graph.value(bias_name).const
+        rank = graph.value(node.inputs[0]).rank
+        if scale is None or bias is None or rank is None or len(users.get(scale_name, [])) != 1 \
+                or len(users.get(bias_name, [])) != 1 or scale_name == bias_name:
+            continue
+        scale, bias = scale.copy(), bias.copy()
+        out = node.outputs[0]
+        for op in ("Mul", "Add"):
+            nxt = users.get(out, [])
+            if len(nxt) != 1 or nxt[0].op_type != op or out in graph.outputs:
+                break
+            follower = nxt[0]
+            other = follower.inputs[1] if follower.inputs[0] == out else follower.inputs[0]
+            c = graph.value(other).const
+            vec = _per_channel(c, rank, scale.shape[0]) if c is not None else None
+            if vec is None:
+                break
+            if op == "Mul":
+                scale, bias = scale * vec, bias * vec
+            else:
+                bias = bias + vec
+            removed.add(id(follower))
+            node.outputs = list(follower.outputs)
+            out = node.outputs[0]
+        _set_const(graph, scale_name, scale)
+        _set_const(graph, bias_name, bias)
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def generalize_batch(graph: Graph) -> None:
+    """A Reshape to a constant ``[1, ...]`` of a per-sample tensor keeps the batch dimension instead."""
+    for i, node in enumerate(graph.nodes):
+        if node.op_type != "Reshape" or len(node.inputs) < 2:
+            continue
+        target = graph.value(node.inputs[1]).const
+        data = graph.value(node.inputs[0])
+        if target is None or target.ndim != 1 or not len(target) or int(target[0]) != 1 or data.shape is None:
+            continue
+        if data.shape[0] != BATCH or not all(isinstance(d, int) for d in data.shape[1:]):
+            continue
+        per_sample = int(np.prod(data.shape[1:]))
+        rest = [int(d) for d in target[1:]]
+        if -1 not in rest and int(np.prod(rest)) != per_sample:
+            continue
+        out = graph.value(node.outputs[0])
+        if len(target) == 2:
+            graph.nodes[i] = Node("Flatten", "", node.name, [node.inputs[0]], node.outputs, {"axis": 1},
+                                  max(node.opset, 1))
+        else:
+            name = node.inputs[1] + "_batch"
+            _set_const(graph, name, np.array([0] + rest, dtype=np.int64))
+            node.inputs = [node.inputs[0], name]
+            node.attrs.pop("allowzero", None)
+        out.shape = (BATCH,) + tuple(out.shape[1:]) if out.shape else out.shape
+
+
+def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
+    cut_at(graph, outputs)
+    drop_dead_nodes(graph)
+    fold_constants(graph)
+    forward_identities(graph)
+    fuse_batchnorm_scale(graph)
+    generalize_batch(graph)
+    drop_dead_nodes(graph)
+    return graph
+
+
+__all__ = ["run_passes", "cut_at", "drop_dead_nodes", "fold_constants", "forward_identities",
+           "fuse_batchnorm_scale", "generalize_batch"]
