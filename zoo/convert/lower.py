@@ -78,8 +78,9 @@ def lit(value: Any) -> str:
             return "float('nan')"
         if math.isinf(f):
             return "float('inf')" if f > 0 else "-float('inf')"
-        text = str(np.float32(value)) if isinstance(value, np.float32) else repr(f)
-        return text if any(c in text for c in ".en") else text + ".0"
+        if isinstance(value, np.float32):  # the shortest decimal that reads back as the same float32
+            f = next(float(t) for t in (f"{f:.{d}g}" for d in range(1, 10)) if np.float32(float(t)) == value)
+        return repr(f)
     if isinstance(value, np.ndarray):
         return lit(value.tolist())
     if isinstance(value, tuple):
