@@ -96,3 +96,20 @@ def build_standin(graph: str | os.PathLike, out_path: str | os.PathLike, *, seed
     onnx.save(model, str(tmp))
     os.replace(tmp, out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.standins",
+                                     description="Write the four zoo graphs with seeded random (stand-in) weights.")
+    parser.add_argument("out", help="output folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for graph in LIGHT_FILES:
+        print(build_standin(graph, Path(args.out) / f"{graph}.onnx", seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
