@@ -178,6 +178,15 @@ def _load_dir() -> Path:
     return Path(_LOAD_DIR[0])
 
 
+def instantiate(source_path: str | os.PathLike, class_name: str, weights_path: str | os.PathLike | None = None
+                ) -> torch.nn.Module:
+    """Import a generated module file, build its class and (optionally) load its safetensors weights."""
+    model = _import_source(Path(source_path), class_name)()
+    if weights_path is not None:
+        model.load_state_dict(load_file(str(weights_path)), strict=True)
+    return model
+
+
 def load(onnx_path: str | os.PathLike, *, name: str | None = None, outputs: Sequence[str] | None = None,
          **options) -> torch.nn.Module:
     """Convert and return the module, weights loaded, in eval mode.
@@ -187,8 +196,7 @@ def load(onnx_path: str | os.PathLike, *, name: str | None = None, outputs: Sequ
     """
     target = _load_dir() / uuid.uuid4().hex[:12]
     result = convert(onnx_path, target, name=name, outputs=outputs, **options)
-    model = _import_source(result.source_path, result.class_name)()
-    model.load_state_dict(load_file(str(result.weights_path)), strict=True)
+    model = instantiate(result.source_path, result.class_name, result.weights_path)
     model.zoo_onnx_inputs = list(result.inputs)
     model.zoo_onnx_outputs = list(result.outputs)
     return model.eval()

@@ -1,0 +1,112 @@
+"""Fetch a pinned file into a content-addressed cache: Hub sources through huggingface_hub, others over
+HTTP(S) with retries, resume and a progress bar. A file enters the cache only once its sha256 matches."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+_HUB_URL = re.compile(r"https://huggingface\.co/(?P<repo>[\w.\-]+/[\w.\-]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
+
+
+class DownloadError(OSError):
+    """No URL gave the pinned file; the message lists what each URL did."""
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo") / "sources"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file(path: Path, sha256: str, size: int | None = None) -> None:
+    """Raise DownloadError (and delete the file) when it is not the pinned content."""
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{path.name}: expected {size:,} bytes, got {actual_size:,}; deleted")
+    actual = file_sha256(path)
+    if actual != sha256:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{path.name}: sha256 mismatch: expected {sha256}, got {actual}; deleted")
+
+
+def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: float, desc: str) -> None:
+    last: Exception | None = None
+    for attempt in range(retries):
+        have = partial.stat().st_size if partial.exists() else 0
+        request = urllib.request.Request(url, headers={"User-Agent": "zoo-build"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status != 206:  # the server ignored Range: start over
+                    have = 0
+                mode = "ab" if have else "wb"
+                total = size or (have + int(response.headers.get("Content-Length") or 0)) or None
+                with open(partial, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                                      desc=desc, leave=False) as bar:
+                    for block in iter(lambda: response.read(1 << 16), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            if size is not None and partial.stat().st_size < size:
+                raise DownloadError(f"connection closed after {partial.stat().st_size:,} of {size:,} bytes")
+            return
+        except (urllib.error.URLError, OSError, DownloadError) as exc:
+            last = exc
+            if isinstance(exc, urllib.error.HTTPError) and exc.code in (404, 410, 403, 401):
+                break
+            time.sleep(min(2 ** attempt * 0.2, 5))
+    raise DownloadError(f"{url}: {last}")
+
+
+def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size: int | None = None,
+          cache_dir: str | os.PathLike | None = None, retries: int = 3, timeout: float = 60.0) -> Path:
+    """The pinned file, from the cache or the first URL that delivers it."""
+    cache = Path(cache_dir) if cache_dir else default_cache()
+    final = cache / sha256 / filename
+    if final.exists():
+        try:
+            check_file(final, sha256, size)
+            return final
+        except DownloadError:
+            pass  # corrupted cache entry, already deleted: fetch again
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(final.name + ".partial")
+    problems = []
+    for url in urls:
+        try:
+            hub = _HUB_URL.match(url)
+            if hub:
+                from huggingface_hub import hf_hub_download
+
+                got = Path(hf_hub_download(hub["repo"], hub["file"], revision=hub["rev"]))
+                tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
+                shutil.copyfile(got, tmp)
+            else:
+                _http_get(url, partial, size, retries, timeout, filename)
+                tmp = partial
+            check_file(tmp, sha256, size)
+            os.replace(tmp, final)
+            return final
+        except Exception as exc:  # try the next URL
+            problems.append(f"  {url}: {exc}")
+            for leftover in final.parent.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+            if "sha256 mismatch" in str(exc) or "expected" in str(exc):
+                partial.unlink(missing_ok=True)
+    raise DownloadError(f"could not fetch {filename} (sha256 {sha256[:12]}...):\n" + "\n".join(problems))

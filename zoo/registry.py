@@ -1,0 +1,214 @@
+"""Load and validate zoo/registry.yaml: clear errors naming the entry and field; nothing unknown accepted."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_REGISTRY = Path(__file__).with_name("registry.yaml")
+
+
+class RegistryError(ValueError):
+    """registry.yaml is malformed; the message names the file, entry and field."""
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str
+    urls: tuple[str, ...]
+    sha256: str
+    size: int
+    standin: str | None = None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    channel_order: str
+    value_range: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int
+    crop: int
+    source: str
+    interpolation: str = "bilinear"
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+    source: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    description: str
+    upstream: str
+    paper: str
+    license: str
+    source: Source
+    input_size: tuple[int, int, int]
+    preprocessing: Preprocessing
+    labels: str
+    classifier: str
+    logits: str
+    hub_repo: str
+    accuracy: Accuracy | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything that goes into the build of this entry changes."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("raw")
+        return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise RegistryError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class _Fields:
+    """Reads one mapping, tracking which keys were used so unknown ones can be reported."""
+
+    def __init__(self, data: Any, where: str):
+        if not isinstance(data, dict):
+            raise RegistryError(f"{where}: expected a mapping, got {type(data).__name__}")
+        self.data, self.where, self.used = data, where, set()
+
+    def get(self, key: str, kind, *, optional: bool = False, default=None, check=None, what: str = ""):
+        self.used.add(key)
+        if key not in self.data:
+            if optional:
+                return default
+            raise RegistryError(f"{self.where}: missing field {key!r}")
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise RegistryError(f"{self.where}.{key}: expected {what or '/'.join(k.__name__ for k in kinds)}, "
+                                f"got {value!r}")
+        if check is not None and not check(value):
+            raise RegistryError(f"{self.where}.{key}: invalid value {value!r}" + (f" (expected {what})" if what else ""))
+        return value
+
+    def numbers(self, key: str, n: int, kind=(int, float)) -> tuple:
+        value = self.get(key, list, what=f"a list of {n} numbers",
+                         check=lambda v: len(v) == n and all(isinstance(x, kind) and not isinstance(x, bool) for x in v))
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise RegistryError(f"{self.where}: unknown field(s) {', '.join(map(repr, unknown))}")
+
+
+def _text(f: _Fields, key: str, **kw) -> str:
+    return f.get(key, str, check=lambda v: bool(v.strip()), what="non-empty text", **kw)
+
+
+def _entry(name: str, data: Any, where: str) -> Entry:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise RegistryError(f"{where}: model name {name!r} must be lower-case letters, digits and underscores")
+    f = _Fields(data, f"{where}: {name}")
+    s = _Fields(f.get("source", dict), f"{where}: {name}.source")
+    source = Source(
+        file=s.get("file", str, check=lambda v: bool(re.fullmatch(r"[\w.\-]+\.onnx", v)), what="a file name ending .onnx"),
+        urls=tuple(s.get("urls", list, what="a list of URLs",
+                         check=lambda v: v and all(isinstance(u, str) and re.match(r"https?://", u) for u in v))),
+        sha256=s.get("sha256", str, check=lambda v: bool(re.fullmatch(r"[0-9a-f]{64}", v)), what="64 hex digits"),
+        size=s.get("size", int, check=lambda v: v > 0, what="a positive byte count"),
+        standin=s.get("standin", str, optional=True),
+    )
+    s.finish()
+    p = _Fields(f.get("preprocessing", dict), f"{where}: {name}.preprocessing")
+    pre = Preprocessing(
+        channel_order=p.get("channel_order", str, check=lambda v: v in ("RGB", "BGR"), what="RGB or BGR"),
+        value_range=p.get("value_range", int, check=lambda v: v in (1, 255), what="1 or 255"),
+        mean=p.numbers("mean", 3),
+        std=p.numbers("std", 3),
+        resize=p.get("resize", int, check=lambda v: v > 0),
+        crop=p.get("crop", int, check=lambda v: v > 0),
+        source=_text(p, "source"),
+        interpolation=p.get("interpolation", str, optional=True, default="bilinear",
+                            check=lambda v: v in ("bilinear", "bicubic", "nearest"), what="bilinear/bicubic/nearest"),
+        notes=p.get("notes", str, optional=True, default=""),
+    )
+    if any(v <= 0 for v in pre.std):
+        raise RegistryError(f"{where}: {name}.preprocessing.std: values must be positive")
+    p.finish()
+    accuracy = None
+    if "accuracy" in f.data:
+        a = _Fields(f.get("accuracy", dict), f"{where}: {name}.accuracy")
+        accuracy = Accuracy(top1=float(a.get("top1", (int, float))), top5=float(a.get("top5", (int, float))),
+                            source=_text(a, "source"))
+        a.finish()
+    else:
+        f.used.add("accuracy")
+    h = _Fields(f.get("hub", dict), f"{where}: {name}.hub")
+    hub_repo = h.get("repo", str, check=lambda v: bool(re.fullmatch(r"[\w.\-]+/[\w.\-]+", v)), what="owner/name")
+    h.finish()
+    entry = Entry(
+        name=name,
+        description=_text(f, "description"),
+        upstream=_text(f, "upstream"),
+        paper=_text(f, "paper"),
+        license=_text(f, "license"),
+        source=source,
+        input_size=f.numbers("input_size", 3, kind=int),
+        preprocessing=pre,
+        labels=f.get("labels", str, check=lambda v: v == "imagenet-1k", what="imagenet-1k"),
+        classifier=f.get("classifier", str, check=lambda v: bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)),
+                         what="a layer name of the generated module"),
+        logits=_text(f, "logits"),
+        hub_repo=hub_repo,
+        accuracy=accuracy,
+        raw=data,
+    )
+    f.finish()
+    return entry
+
+
+def load_registry(path: str | os.PathLike | None = None) -> dict[str, Entry]:
+    """Entries by name, in file order. ``path`` defaults to ``$ZOO_REGISTRY`` or the packaged registry."""
+    path = Path(path or os.environ.get("ZOO_REGISTRY") or DEFAULT_REGISTRY)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RegistryError as exc:
+        raise RegistryError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
+    top = _Fields(data, str(path))
+    models = top.get("models", dict)
+    top.finish()
+    if not models:
+        raise RegistryError(f"{path}: no models")
+    return {name: _entry(name, body, str(path)) for name, body in models.items()}
