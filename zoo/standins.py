@@ -23,12 +23,12 @@ LIGHT_FILES = {
 
 
 def light_path(graph: str) -> Path:
-    """The onnx wheel's copy of a zoo graph, e.g. ``light_path("densenet121")``."""
-    if graph not in LIGHT_FILES:
-        raise KeyError(f"no light graph {graph!r}; known: {', '.join(sorted(LIGHT_FILES))}")
-    path = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / LIGHT_FILES[graph]
+    """The onnx wheel's copy of a model zoo graph, e.g. ``light_path("densenet121")`` or ``"bvlc_alexnet"``."""
+    folder = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    path = folder / LIGHT_FILES.get(graph, f"light_{graph}.onnx")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed onnx package")
+        known = sorted(p.stem[len("light_"):] for p in folder.glob("light_*.onnx"))
+        raise FileNotFoundError(f"no light graph {graph!r} in the installed onnx package; known: {', '.join(known)}")
     return path
 
 
@@ -59,7 +59,7 @@ def _random_weight(shape: tuple[int, ...], op: str, index: int, rng: np.random.G
 
 def build_standin(graph: str | os.PathLike, out_path: str | os.PathLike, *, seed: int = 0) -> Path:
     """Write a copy of a light graph (a name from LIGHT_FILES or a path) with seeded random weights."""
-    source = light_path(graph) if isinstance(graph, str) and graph in LIGHT_FILES else Path(graph)
+    source = Path(graph) if isinstance(graph, os.PathLike) or str(graph).endswith(".onnx") else light_path(graph)
     model = onnx.load(str(source))
     g = model.graph
     rng = np.random.default_rng(seed)

@@ -214,10 +214,13 @@ class LayerInfo:
     supported: bool
 
     def __str__(self) -> str:
-        shapes = lambda vs: ", ".join("?" if s is None else "x".join(str(d) for d in s) or "scalar" for _, s in vs)
+        def shape(s):
+            return "?" if s is None else "x".join(str(d) for d in s) or "scalar"
+
+        ins = ", ".join(shape(s) for _, s in self.inputs)
+        outs = ", ".join(f"{n} {shape(s)}" for n, s in self.outputs)
         mark = "" if self.supported else "  UNSUPPORTED"
-        return (f"{self.op_type:<20} {self.name[:32]:<32} {shapes(self.inputs):<28} -> "
-                f"{shapes(self.outputs):<20} {self.parameters:>10,}{mark}")
+        return f"{self.op_type:<20} {self.name[:24]:<24} {ins:<32} -> {outs:<28} {self.parameters:>11,}{mark}"
 
 
 def layers(onnx_path: str | os.PathLike) -> list[LayerInfo]:

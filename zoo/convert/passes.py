@@ -157,31 +157,70 @@ def fuse_batchnorm_scale(graph: Graph) -> None:
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
+_KEEPS_DIM0 = {
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Clip", "HardSigmoid", "HardSwish", "Softplus",
+    "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Erf", "Identity",
+    "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+    "BatchNormalization", "InstanceNormalization", "Dropout", "Cast", "Softmax", "LogSoftmax", "Flatten",
+}
+
+
+def _keeps_dim0(node: Node) -> bool:
+    if node.op_type == "Transpose":
+        return bool(node.attrs.get("perm")) and node.attrs["perm"][0] == 0
+    if node.op_type in ("Concat", "Split"):
+        return node.attrs.get("axis", 0) != 0
+    if node.op_type == "Gemm":
+        return not node.attrs.get("transA", 0)
+    if node.op_type == "Flatten":
+        return node.attrs.get("axis", 1) != 0
+    return node.op_type in _KEEPS_DIM0
+
+
 def generalize_batch(graph: Graph) -> None:
-    """A Reshape to a constant ``[1, ...]`` of a per-sample tensor keeps the batch dimension instead."""
+    """A Reshape to a constant ``[1, ...]`` of a per-sample tensor keeps the batch dimension instead.
+
+    Which tensors carry the batch in dimension 0 is propagated forward from the inputs, so a chain such as
+    ShuffleNet's reshape -> transpose -> reshape generalizes as a whole.
+    """
+    batched = {name for name in graph.inputs if (graph.value(name).shape or (None,))[0] == BATCH}
     for i, node in enumerate(graph.nodes):
-        if node.op_type != "Reshape" or len(node.inputs) < 2:
+        runtime = [n for n in node.inputs if n and graph.value(n).const is None]
+        if node.op_type == "Reshape" and len(node.inputs) >= 2 and node.inputs[0] in batched:
+            _generalize_reshape(graph, i, node)
+            if (graph.value(node.outputs[0]).shape or (None,))[0] == BATCH or graph.nodes[i] is not node:
+                batched.add(node.outputs[0])
             continue
-        target = graph.value(node.inputs[1]).const
-        data = graph.value(node.inputs[0])
-        if target is None or target.ndim != 1 or not len(target) or int(target[0]) != 1 or data.shape is None:
-            continue
-        if data.shape[0] != BATCH or not all(isinstance(d, int) for d in data.shape[1:]):
-            continue
-        per_sample = int(np.prod(data.shape[1:]))
-        rest = [int(d) for d in target[1:]]
-        if -1 not in rest and int(np.prod(rest)) != per_sample:
-            continue
-        out = graph.value(node.outputs[0])
-        if len(target) == 2:
-            graph.nodes[i] = Node("Flatten", "", node.name, [node.inputs[0]], node.outputs, {"axis": 1},
-                                  max(node.opset, 1))
-        else:
-            name = node.inputs[1] + "_batch"
-            _set_const(graph, name, np.array([0] + rest, dtype=np.int64))
-            node.inputs = [node.inputs[0], name]
-            node.attrs.pop("allowzero", None)
-        out.shape = (BATCH,) + tuple(out.shape[1:]) if out.shape else out.shape
+        out = graph.value(node.outputs[0]) if node.outputs else None
+        if out is not None and runtime and runtime[0] in batched and _keeps_dim0(node):
+            batched.add(out.name)
+            if out.shape:
+                out.shape = (BATCH,) + tuple(out.shape[1:])
+        elif out is not None and (out.shape or (None,))[0] == BATCH:
+            batched.add(out.name)
+
+
+def _generalize_reshape(graph: Graph, i: int, node: Node) -> None:
+    target = graph.value(node.inputs[1]).const
+    data = graph.value(node.inputs[0])
+    if target is None or target.ndim != 1 or not len(target) or int(target[0]) != 1 or data.shape is None:
+        return
+    if not all(isinstance(d, int) for d in data.shape[1:]):
+        return
+    per_sample = int(np.prod(data.shape[1:]))
+    rest = [int(d) for d in target[1:]]
+    if -1 not in rest and 0 not in rest and int(np.prod(rest)) != per_sample:
+        return
+    out = graph.value(node.outputs[0])
+    if len(target) == 2:
+        graph.nodes[i] = Node("Flatten", "", node.name, [node.inputs[0]], node.outputs, {"axis": 1},
+                              max(node.opset, 1))
+    else:
+        name = node.inputs[1] + "_batch"
+        _set_const(graph, name, np.array([0] + rest, dtype=np.int64))
+        node.inputs = [node.inputs[0], name]
+        node.attrs.pop("allowzero", None)
+    out.shape = (BATCH,) + tuple(out.shape[1:]) if out.shape else (BATCH,)
 
 
 def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:

@@ -1,0 +1,156 @@
+"""scripts/build.py: offline build, reproducible sources, incremental skip, a fifth entry, source checks."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from zoo.build import BuildError, Options, build, publish_entry
+from zoo.convert.api import instantiate
+from zoo.registry import DEFAULT_REGISTRY, load_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "zoo" / "models"
+
+
+@pytest.fixture(scope="module")
+def offline_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
+    return opts, build(opts)
+
+
+def test_offline_build_reproduces_committed_sources(offline_build):
+    opts, results = offline_build
+    assert [r.status for r in results] == ["built"] * 4
+    for name in ("squeezenet1_1", "densenet121", "resnet50", "googlenet"):
+        generated = (opts.models_dir / f"{name}.py").read_bytes()
+        assert generated == (COMMITTED / f"{name}.py").read_bytes(), f"zoo/models/{name}.py is stale: rebuild it"
+    assert (opts.models_dir / "__init__.py").read_bytes() == (COMMITTED / "__init__.py").read_bytes()
+
+
+def test_outputs_per_model(offline_build):
+    opts, results = offline_build
+    registry = load_registry()
+    for r in results:
+        folder = opts.out / r.name
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "build.json", "config.json", "model.safetensors"]
+        config = json.loads((folder / "config.json").read_text())
+        assert config["standin"] is True and config["num_classes"] == 1000
+        assert config["source"]["pinned_sha256"] == registry[r.name].source.sha256
+        assert config["verification"]["passed"] and len(config["verification"]["rows"]) == 2
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\nlicense: ") and "Stand-in weights" in card and "datasets:\n- imagenet-1k" in card
+        model = instantiate(opts.models_dir / f"{r.name}.py", config["architecture"], folder / "model.safetensors")
+        assert set(load_file(str(folder / "model.safetensors"))) == set(model.state_dict())
+        assert hasattr(model, registry[r.name].classifier)
+        assert r.worst_error < 1e-4
+
+
+def test_rerun_skips_and_a_changed_entry_rebuilds(offline_build, tmp_path):
+    opts, _ = offline_build
+    again = build(Options(out=opts.out, offline=True, models_dir=opts.models_dir, names=["squeezenet1_1", "googlenet"]))
+    assert [r.status for r in again] == ["skipped", "skipped"]
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["models"]["googlenet"]["description"] += " Edited."
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    changed = build(Options(out=opts.out, offline=True, models_dir=opts.models_dir, registry=registry,
+                            names=["squeezenet1_1", "googlenet"]))
+    assert [r.status for r in changed] == ["skipped", "built"]
+    assert "Edited." in (opts.out / "googlenet" / "README.md").read_text()
+
+
+FIFTH = """
+  alexnet:
+    description: BVLC AlexNet, a fifth model added by editing the registry only.
+    upstream: ONNX model zoo "AlexNet", bvlcalexnet-9.onnx
+    paper: https://papers.nips.cc/paper/4824
+    license: BSD-3-Clause
+    source:
+      file: bvlcalexnet-9.onnx
+      urls: [https://huggingface.co/onnxmodelzoo/bvlcalexnet-9/resolve/main/bvlcalexnet-9.onnx]
+      sha256: {sha}
+      size: {size}
+      standin: bvlc_alexnet
+    input_size: [3, 224, 224]
+    preprocessing:
+      channel_order: BGR
+      value_range: 255
+      mean: [104.0, 117.0, 123.0]
+      std: [1.0, 1.0, 1.0]
+      resize: 256
+      crop: 224
+      source: BVLC Caffe reference (BGR mean subtraction).
+    labels: imagenet-1k
+    classifier: fc8
+    logits: r24
+    hub:
+      repo: zoo-models/alexnet
+"""
+
+
+def test_a_fifth_entry_builds_without_code_changes(tmp_path):
+    from zoo.download import file_sha256
+    from zoo.standins import build_standin
+
+    onnx_dir = tmp_path / "onnx"
+    standin = build_standin("bvlc_alexnet", onnx_dir / "bvlcalexnet-9.onnx")
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(DEFAULT_REGISTRY.read_text() + FIFTH.format(sha=file_sha256(standin),
+                                                                   size=standin.stat().st_size))
+    models = tmp_path / "models"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build.py"), "alexnet", "--registry", str(registry),
+                           "--source", str(onnx_dir), "--out", str(tmp_path / "out"), "--models-dir", str(models)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "alexnet" in done.stdout and "built" in done.stdout
+    source = (models / "alexnet.py").read_text()
+    assert "class Alexnet(nn.Module)" in source and "self.fc8 = nn.Linear(4096, 1000)" in source
+    config = json.loads((tmp_path / "out" / "alexnet" / "config.json").read_text())
+    assert config["standin"] is False and config["source"]["sha256"] == file_sha256(standin)
+
+
+def test_source_folder_with_wrong_file_fails_loudly(tmp_path):
+    from zoo.standins import build_standin
+
+    build_standin("squeezenet", tmp_path / "src" / "squeezenet1.0-9.onnx")  # not the pinned bytes
+    with pytest.raises(BuildError, match=r"squeezenet1_1: .*sha256 mismatch|expected 4,952,222 bytes"):
+        build(Options(out=tmp_path / "out", source_dir=tmp_path / "src", models_dir=tmp_path / "models",
+                      names=["squeezenet1_1"]))
+    assert not (tmp_path / "out" / "squeezenet1_1").exists()
+    assert not (tmp_path / "models" / "squeezenet1_1.py").exists()
+
+
+def test_unknown_name(tmp_path):
+    with pytest.raises(BuildError, match="unknown model"):
+        build(Options(out=tmp_path, offline=True, names=["nope"], models_dir=tmp_path / "m"))
+
+
+class RecordingPublisher:
+    def __init__(self, endpoint):
+        self.endpoint, self.calls = endpoint, []
+
+    def publish(self, folder, repo, message):
+        self.calls.append((sorted(p.name for p in folder.iterdir()), repo))
+        return "f" * 40
+
+
+def test_standins_are_never_pushed_to_a_real_hub(offline_build, tmp_path):
+    opts, results = offline_build
+    entry = load_registry()["resnet50"]
+    publisher = RecordingPublisher("https://huggingface.co")
+    with pytest.raises(BuildError, match="refusing to push stand-in weights"):
+        publish_entry(entry, opts.out / "resnet50", Options(out=opts.out, publisher=publisher, pins=tmp_path / "p.json"))
+    assert publisher.calls == [] and not (tmp_path / "p.json").exists()
+    loopback = RecordingPublisher("http://127.0.0.1:9999")
+    revision = publish_entry(entry, opts.out / "resnet50",
+                             Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json"))
+    pins = json.loads((tmp_path / "p.json").read_text())
+    assert pins["resnet50"]["revision"] == revision == "f" * 40 and pins["resnet50"]["standin"] is True
+    assert len(pins["resnet50"]["sha256"]) == 64

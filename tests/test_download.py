@@ -1,0 +1,68 @@
+"""Downloads: sha256 pin, resume after a cut connection, retries, and a cache that never holds a bad file."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from zoo.download import DownloadError, fetch
+
+from .servers import FileServer
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+SHA = hashlib.sha256(DATA).hexdigest()
+
+
+def _cache_files(cache):
+    return sorted(p.name for p in cache.rglob("*") if p.is_file())
+
+
+def test_fetch_and_cache_hit(tmp_path):
+    with FileServer({"/m.onnx": DATA}) as server:
+        path = fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path)
+        assert path.read_bytes() == DATA
+        fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path)
+        assert len(server.requests) == 1
+
+
+def test_sha256_mismatch_leaves_nothing(tmp_path):
+    with FileServer({"/m.onnx": DATA[:-1] + b"x"}) as server:
+        with pytest.raises(DownloadError, match="sha256 mismatch"):
+            fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path)
+    assert _cache_files(tmp_path) == []
+
+
+def test_cut_connection_resumes(tmp_path):
+    with FileServer({"/m.onnx": DATA}) as server:
+        server.cut_after, server.cuts_left = 300_000, 1
+        path = fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path)
+        assert path.read_bytes() == DATA
+        assert server.requests[1][1] == "bytes=300000-"
+    assert _cache_files(tmp_path) == ["m.onnx"]
+
+
+def test_failed_download_leaves_no_cache_entry_and_rerun_succeeds(tmp_path):
+    with FileServer({"/m.onnx": DATA}) as server:
+        server.cut_after, server.cuts_left = 100_000, 10
+        with pytest.raises(DownloadError, match="could not fetch m.onnx"):
+            fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path, retries=2)
+        assert "m.onnx" not in _cache_files(tmp_path)  # only the resumable .partial may remain
+        server.cuts_left = 0
+        assert fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", size=len(DATA),
+                     cache_dir=tmp_path).read_bytes() == DATA
+    assert _cache_files(tmp_path) == ["m.onnx"]
+
+
+def test_server_error_then_fallback_url(tmp_path):
+    with FileServer({"/good.onnx": DATA}) as server:
+        server.errors_left = 3
+        urls = [server.url + "/missing.onnx", server.url + "/good.onnx"]
+        path = fetch(urls, SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path, retries=3)
+        assert path.read_bytes() == DATA
+
+
+def test_corrupted_cache_entry_is_refetched(tmp_path):
+    with FileServer({"/m.onnx": DATA}) as server:
+        path = fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path)
+        path.write_bytes(b"garbage")
+        assert fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path).read_bytes() == DATA
