@@ -123,8 +123,18 @@ def _recover(final: Path) -> None:
         os.replace(old, final)
 
 
+def converter_digest() -> str:
+    """Hash of the converter's and the build's code: a change to either rebuilds every entry."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for path in sorted([*here.joinpath("convert").rglob("*.py"), here / "build.py", here / "standins.py"]):
+        digest.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def fingerprint(entry: Entry, standin: bool) -> str:
-    key = {"entry": entry.raw, "converter": __version__, "standin": standin, "seed": STANDIN_SEED if standin else None}
+    key = {"entry": entry.raw, "converter": __version__, "code": converter_digest(), "standin": standin,
+           "seed": STANDIN_SEED if standin else None}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -191,7 +201,8 @@ def build_entry(entry: Entry, opts: Options) -> Result:
         onnx_path, standin = obtain_source(entry, opts, work)
         prepared = prepare_graph(onnx_path, entry.logits, work / "prepared.onnx")
         try:
-            result = convert(prepared, work / "converted", name=entry.name, source_name=entry.source.file,
+            result = convert(prepared, work / "converted", name=entry.name, classifier=entry.classifier,
+                             source_name=entry.source.file,
                              source_sha256=entry.source.sha256, regenerate=f"python scripts/build.py {entry.name}")
             module = instantiate(result.source_path, result.class_name, result.weights_path)
             report = verify(prepared, module, batch_sizes=BATCH_SIZES)

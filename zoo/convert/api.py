@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .emit import Header, emit_forward, emit_module
+from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
 from .loader import load_model
@@ -66,7 +66,7 @@ def _default_name(path: Path) -> str:
     return stem if not stem[0].isdigit() else "model_" + stem
 
 
-def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate) -> _Compiled:
+def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier) -> _Compiled:
     loaded = load_model(onnx_path)
     graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
@@ -77,7 +77,18 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
             lowering.reference(out)
     args = Namespace(RESERVED)
     arg_names = {inp: args.claim(inp, fallback="input") for inp in graph.inputs}
-    forward = emit_forward(graph, parts, arg_names)
+    if classifier:
+        features, body, head = split_at_layer(graph, parts, classifier)
+        methods = [
+            Method("forward_features", arg_names, 1, emit_body(body, parts, arg_names, [features])),
+            Method("forward_head", {features: "features"}, 1,
+                   emit_body(head, parts, {features: "features"}, graph.outputs)),
+            Method("forward", arg_names, 1,
+                   [f"return self.forward_head(self.forward_features({', '.join(arg_names.values())}))"]),
+        ]
+    else:
+        methods = [Method("forward", arg_names, len(graph.outputs),
+                          emit_body(parts.statements, parts, arg_names, graph.outputs))]
     opset = graph.opsets.get("", 0)
     header = Header(
         source_name=safe_comment(source_name or loaded.path.name),
@@ -88,7 +99,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         version=__version__,
     )
     cls = class_name(name)
-    source = emit_module(graph, parts, cls, header, arg_names, forward)
+    source = emit_module(graph, parts, cls, header, methods)
     return _Compiled(source, cls, parts.tensors, graph, op_counts)
 
 
@@ -132,11 +143,13 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
-            outputs: Sequence[str] | None = None, source_name: str | None = None,
+            outputs: Sequence[str] | None = None, classifier: str | None = None, source_name: str | None = None,
             source_sha256: str | None = None, regenerate: str | None = None) -> ConversionResult:
     """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
 
-    ``outputs`` cuts the graph at the named tensors. ``source_name``, ``source_sha256`` and ``regenerate``
+    ``outputs`` cuts the graph at the named tensors. ``classifier`` names a generated layer (e.g. ``"fc"``):
+    the module then gets ``forward_features`` (everything before it) and ``forward_head``, like timm's
+    models. ``source_name``, ``source_sha256`` and ``regenerate``
     only change the header of the generated file (the build uses them so that a stand-in and the real
     file give byte-identical source).
     """
@@ -144,7 +157,7 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     name = sanitize(name) if name else _default_name(path)
     if not name:
         raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
-    compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate)
+    compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source_path, weights_path = out / f"{name}.py", out / f"{name}.safetensors"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import ConversionError
 from .ir import Graph
-from .lower import TOKEN, ModuleParts
+from .lower import TOKEN, ModuleParts, Statement
 from .naming import RESERVED, Namespace, is_safe_identifier
 
 INLINE_MAX = 72
@@ -73,10 +73,20 @@ class _Locals:
         raise ConversionError("too many live tensors")
 
 
-def emit_forward(graph: Graph, parts: ModuleParts, arg_names: dict[str, str]) -> list[str]:
-    stmts = parts.statements
+@dataclass
+class Method:
+    name: str
+    args: dict[str, str]  # ONNX value -> argument name
+    n_outputs: int
+    body: list[str]
+
+
+def emit_body(stmts: list[Statement], parts: ModuleParts, arg_names: dict[str, str], results: list[str]) -> list[str]:
+    """The lines of a method computing ``results`` from ``arg_names`` with ``stmts``."""
     token_of = {v: f"\x00{i}\x00" for i, v in enumerate(parts.token_values)}
-    outputs = set(graph.outputs)
+    outputs = set(results)
+    # A layer with weights starts a new line unless its input is simple, so "conv + activation" pairs stay together.
+    weighted = tuple(f"self.{attr}(" for attr in {key.split(".")[0] for key in parts.tensors})
 
     uses: dict[str, int] = {}
     last_use: dict[str, int] = {}
@@ -109,10 +119,10 @@ def emit_forward(graph: Graph, parts: ModuleParts, arg_names: dict[str, str]) ->
         nxt = stmts[i + 1].expr if i + 1 < len(stmts) else ""
         if (out is not None and not st.multi and out not in outputs and uses.get(out) == 1
                 and out in token_of and token_of[out] in nxt and len(text) <= INLINE_MAX
-                and _call_depth(text) < INLINE_DEPTH):
+                and _call_depth(text) < (2 if nxt.startswith(weighted) else INLINE_DEPTH)):
             pending[out] = text
             continue
-        if i == len(stmts) - 1 and st.outputs == graph.outputs and not st.multi:
+        if i == len(stmts) - 1 and st.outputs == results and not st.multi:
             lines.append(f"return {_tidy(text)}")
             return lines
         live = {v for v, last in last_use.items() if last > i}
@@ -130,7 +140,7 @@ def emit_forward(graph: Graph, parts: ModuleParts, arg_names: dict[str, str]) ->
         lines.append(f"{', '.join(targets)} = {_tidy(text)}")
 
     returns = []
-    for o in graph.outputs:
+    for o in results:
         returns.append(names[o] if o in names else render(_reference(parts, o)))
     lines.append("return " + ", ".join(returns))
     return lines
@@ -149,28 +159,53 @@ def _reference(parts: ModuleParts, value: str) -> str:
     return parts.tokens.get(value, "")
 
 
-def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, arg_names: dict[str, str],
-                forward: list[str]) -> str:
-    body = "\n".join(f"        {line}" for line in forward)
+def split_at_layer(graph: Graph, parts: ModuleParts, layer: str) -> tuple[str, list[Statement], list[Statement]]:
+    """(features value, statements computing it, statements of the head) for the input of ``self.<layer>``."""
+    call = f"self.{layer}("
+    if layer not in {l.attr for l in parts.layers}:
+        names = ", ".join(l.attr for l in parts.layers if "(" in l.ctor)
+        raise ConversionError(f"{graph.where()}: no layer {layer!r} to split the head at (layers: {names})")
+    users = [st for st in parts.statements if call in st.expr]
+    match = TOKEN.match(users[0].expr[users[0].expr.index(call) + len(call):]) if len(users) == 1 else None
+    if match is None or len(graph.outputs) != 1:
+        raise ConversionError(f"{graph.where()}: layer {layer!r} is not a single call on a tensor of a "
+                              "single-output graph; cannot split features from head")
+    features = parts.token_values[int(match.group(1))]
+    downstream = {features}
+    head = []
+    for st in parts.statements:
+        if any(v in downstream for v in _token_values(st.expr, parts)):
+            head.append(st)
+            downstream.update(o for o in st.outputs if o)
+    body = [st for st in parts.statements if st not in head]
+    needed = {v for st in head for v in _token_values(st.expr, parts)} - {o for st in head for o in st.outputs if o}
+    if needed - {features} or graph.outputs[0] not in downstream:
+        raise ConversionError(f"{graph.where()}: the head after {layer!r} reads other tensors than its input")
+    return features, body, head
+
+
+def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, methods: list[Method]) -> str:
     init = "\n".join(f"        self.{layer.attr} = {layer.ctor}" for layer in parts.layers) or "        pass"
-    args = ", ".join(f"{name}: torch.Tensor" for name in arg_names.values())
-    n_out = len(graph.outputs)
-    ret = "torch.Tensor" if n_out == 1 else "tuple[" + ", ".join(["torch.Tensor"] * n_out) + "]"
-    uses_f = "F." in body or "F." in init
+    blocks = []
+    for m in methods:
+        args = ", ".join(f"{name}: torch.Tensor" for name in m.args.values())
+        ret = "torch.Tensor" if m.n_outputs == 1 else "tuple[" + ", ".join(["torch.Tensor"] * m.n_outputs) + "]"
+        body = "\n".join(f"        {line}" for line in m.body)
+        blocks.append(f"    def {m.name}(self, {args}) -> {ret}:\n{body}\n")
+    code = init + "".join(blocks)
     source = (
         f"# Generated by zoo.convert {header.version} from {header.source_name}\n"
         f"#   sha256 {header.sha256} · opset {header.opset} · producer {header.producer or 'unknown'}\n"
         f"# Do not edit by hand: regenerate with `{header.regenerate}`.\n"
         "import torch\n"
         "from torch import nn\n"
-        + ("from torch.nn import functional as F\n" if uses_f else "")
+        + ("from torch.nn import functional as F\n" if "F." in code else "")
         + "\n\n"
         f"class {cls}(nn.Module):\n"
         f"    def __init__(self) -> None:\n"
         f"        super().__init__()\n"
         f"{init}\n\n"
-        f"    def forward(self, {args}) -> {ret}:\n"
-        f"{body}\n"
+        + "\n".join(blocks)
     )
     check_source(source, graph)
     return source

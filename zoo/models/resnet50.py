@@ -118,7 +118,7 @@ class Resnet50(nn.Module):
         self.avgpool = nn.AvgPool2d(kernel_size=7, stride=1)
         self.pred = nn.Linear(2048, 1000)
 
-    def forward(self, gpu_0_data_0: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, gpu_0_data_0: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.res_conv1_bn(self.conv1(gpu_0_data_0)))
         x = self.maxpool(x)
         y = torch.relu(self.res2_0_branch2a_bn(self.res2_0_branch2a(x)))
@@ -173,4 +173,10 @@ class Resnet50(nn.Module):
         y = torch.relu(self.res5_2_branch2a_bn(self.res5_2_branch2a(x)))
         y = torch.relu(self.res5_2_branch2b_bn(self.res5_2_branch2b(y)))
         x = torch.relu(self.res5_2_branch2c_bn(self.res5_2_branch2c(y)) + x)
-        return self.pred(torch.flatten(self.avgpool(x), 1))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.pred(features)
+
+    def forward(self, gpu_0_data_0: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(gpu_0_data_0))

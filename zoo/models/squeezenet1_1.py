@@ -40,7 +40,7 @@ class Squeezenet1_1(nn.Module):
         self.dropout = nn.Dropout(p=0.5)
         self.conv10 = nn.Conv2d(512, 1000, kernel_size=1)
 
-    def forward(self, data_0: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, data_0: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(torch.relu(self.conv1(data_0)))
         x = torch.relu(self.fire2_squeeze1x1(x))
         y = torch.relu(self.fire2_expand1x1(x))
@@ -66,5 +66,11 @@ class Squeezenet1_1(nn.Module):
         x = torch.relu(self.fire9_squeeze1x1(y))
         y = torch.relu(self.fire9_expand1x1(x))
         y = torch.cat([y, torch.relu(self.fire9_expand3x3(x))], dim=1)
-        x = torch.relu(self.conv10(self.dropout(y)))
-        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.dropout(y)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(torch.relu(self.conv10(features)), 1)
+        return torch.flatten(x, 1)
+
+    def forward(self, data_0: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(data_0))
