@@ -1,0 +1,109 @@
+"""Pretrained weights: pins written by the build, downloads through huggingface_hub, sha256 checks,
+and safetensors only (never pickle)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .download import file_sha256
+
+PACKAGED_PINS = Path(__file__).with_name("models") / "published.json"
+
+
+class WeightsError(ValueError):
+    """Weights could not be found, fetched, verified or fitted; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    repo: str
+    revision: str
+    sha256: str
+    standin: bool = False
+
+
+def pins_path() -> Path:
+    return Path(os.environ.get("ZOO_PINS") or PACKAGED_PINS)
+
+
+def pin_for(name: str) -> Pin:
+    path = pins_path()
+    pins = json.loads(path.read_text()) if path.is_file() else {}
+    if name not in pins:
+        raise WeightsError(f"no published weights are pinned for {name!r} (in {path}); publish them with "
+                           "`python scripts/build.py --push`, or pass pretrained='path/to/model.safetensors'")
+    p = pins[name]
+    return Pin(p["repo"], p["revision"], p["sha256"], bool(p.get("standin", False)))
+
+
+def _discard(path: Path) -> None:
+    """Remove a bad download from the Hub cache (the snapshot link and the blob it points to)."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def download(name: str) -> tuple[Path, Pin]:
+    """The pinned model.safetensors of a zoo model, from the Hub cache or the Hub."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    pin = pin_for(name)
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    where = f"{pin.repo}@{pin.revision[:12]} on {endpoint or 'the Hugging Face Hub'}"
+    try:
+        path = Path(hf_hub_download(pin.repo, "model.safetensors", revision=pin.revision, endpoint=endpoint))
+    except RepositoryNotFoundError:
+        raise WeightsError(f"{name}: repository {pin.repo!r} not found at {endpoint or 'huggingface.co'}") from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"{name}: revision {pin.revision} not found in {pin.repo}") from None
+    except EntryNotFoundError:
+        raise WeightsError(f"{name}: {where} has no model.safetensors") from None
+    except LocalEntryNotFoundError:
+        raise WeightsError(f"{name}: the weights are not in the local Hub cache and {where} could not be reached "
+                           "(offline via HF_HUB_OFFLINE, no network, or a missing revision)") from None
+    actual = file_sha256(path)
+    if actual != pin.sha256:
+        _discard(path)
+        raise WeightsError(f"{name}: sha256 of {where}/model.safetensors is {actual}, the pin says {pin.sha256}; "
+                           "the file was removed from the cache")
+    return path, pin
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: only .safetensors weights are read (never pickle)")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def fit(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model`` exactly: every tensor present, same shapes and dtypes, nothing extra."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(expected[k].shape)})" for k in expected
+              if k in state and state[k].shape != expected[k].shape]
+    dtypes = [f"{k} {state[k].dtype} (model: {expected[k].dtype})" for k in expected
+              if k in state and state[k].shape == expected[k].shape and state[k].dtype != expected[k].dtype]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes), ("wrong dtype", dtypes)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:6])}" + (f" and {len(items) - 6} more" if len(items) > 6 else ""))
+    if problems:
+        raise WeightsError(f"{where}: weights do not fit the model; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
