@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
-import pytest
-import torch
+# huggingface_hub reads these when it is imported: give the test session its own cache, never the user's.
+HF_HOME = Path(tempfile.mkdtemp(prefix="zoo-tests-hf-"))
+os.environ["HF_HOME"] = str(HF_HOME)
+os.environ["HF_HUB_CACHE"] = str(HF_HOME / "hub")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-from zoo.standins import build_standin
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from zoo.standins import build_standin  # noqa: E402
 
 # (light graph, logits tensor) for the ONNX model zoo's four files, cut before any final Softmax.
 ZOO_GRAPHS = {

@@ -95,17 +95,21 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     entry = registry[name]
     model = model_class(name)()
     model.classifier_name = entry.classifier
-    weights, standin = None, None
+    weights, standin, state = None, None, None
     if pretrained is True:
         path, pin = download(name)
-        fit(model, read_safetensors(path), f"{name} ({pin.repo}@{pin.revision[:12]})")
+        state, where = read_safetensors(path), f"{name} ({pin.repo}@{pin.revision[:12]})"
         weights, standin = f"hf://{pin.repo}@{pin.revision}", pin.standin
     elif pretrained not in (False, None):
-        fit(model, read_safetensors(pretrained), f"{name} ({pretrained})")
-        weights = str(pretrained)
+        state, where, weights = read_safetensors(pretrained), f"{name} ({pretrained})", str(pretrained)
     model.pretrained_cfg = _config(entry, 1000, weights, standin)
     model.num_classes = 1000
-    if num_classes != 1000:
+    head = state.get(f"{entry.classifier}.weight") if state is not None else None
+    if head is not None and head.shape[0] == num_classes != 1000:
+        model.reset_classifier(num_classes)  # a fine-tuned checkpoint with its own head
+    if state is not None:
+        fit(model, state, where)
+    if model.num_classes != num_classes:
         model.reset_classifier(num_classes)
     return model
 

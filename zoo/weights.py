@@ -49,6 +49,22 @@ def _discard(path: Path) -> None:
     blob.unlink(missing_ok=True)
 
 
+def _what_is_missing(pin: Pin, endpoint: str | None) -> str:
+    """Tell a missing repository from a missing revision or file (servers answer all three alike)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        HfApi(endpoint=endpoint).model_info(pin.repo, revision=pin.revision)
+    except RepositoryNotFoundError:
+        return f"repository {pin.repo!r} not found at {endpoint or 'huggingface.co'}"
+    except RevisionNotFoundError:
+        return f"revision {pin.revision} not found in {pin.repo}"
+    except Exception:  # the server cannot tell us more
+        return f"{pin.repo}@{pin.revision} or its model.safetensors not found at {endpoint or 'huggingface.co'}"
+    return f"{pin.repo}@{pin.revision} has no model.safetensors"
+
+
 def download(name: str) -> tuple[Path, Pin]:
     """The pinned model.safetensors of a zoo model, from the Hub cache or the Hub."""
     from huggingface_hub import hf_hub_download
@@ -60,15 +76,14 @@ def download(name: str) -> tuple[Path, Pin]:
     where = f"{pin.repo}@{pin.revision[:12]} on {endpoint or 'the Hugging Face Hub'}"
     try:
         path = Path(hf_hub_download(pin.repo, "model.safetensors", revision=pin.revision, endpoint=endpoint))
-    except RepositoryNotFoundError:
-        raise WeightsError(f"{name}: repository {pin.repo!r} not found at {endpoint or 'huggingface.co'}") from None
-    except RevisionNotFoundError:
-        raise WeightsError(f"{name}: revision {pin.revision} not found in {pin.repo}") from None
-    except EntryNotFoundError:
-        raise WeightsError(f"{name}: {where} has no model.safetensors") from None
+    # LocalEntryNotFoundError subclasses EntryNotFoundError in recent huggingface_hub: catch it first.
     except LocalEntryNotFoundError:
         raise WeightsError(f"{name}: the weights are not in the local Hub cache and {where} could not be reached "
                            "(offline via HF_HUB_OFFLINE, no network, or a missing revision)") from None
+    except RepositoryNotFoundError:
+        raise WeightsError(f"{name}: repository {pin.repo!r} not found at {endpoint or 'huggingface.co'}") from None
+    except (RevisionNotFoundError, EntryNotFoundError):
+        raise WeightsError(f"{name}: {_what_is_missing(pin, endpoint)}") from None
     actual = file_sha256(path)
     if actual != pin.sha256:
         _discard(path)

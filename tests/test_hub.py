@@ -1,0 +1,136 @@
+"""Pretrained weights through the real huggingface_hub client against a loopback Hub (olah)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import hf_hub_download, snapshot_download
+
+import zoo
+from zoo.build import Options, build
+from zoo.localhub import LocalHub
+from zoo.weights import WeightsError
+
+from .conftest import HF_HOME
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, monkeypatch_module):
+    root = tmp_path_factory.mktemp("hub")
+    pins = root / "published.json"
+    with LocalHub(root / "server") as server:
+        results = build(Options(out=root / "build", offline=True, models_dir=root / "models", push=True, jobs=2,
+                                publisher=server.publisher(), pins=pins, names=["squeezenet1_1", "densenet121"]))
+        monkeypatch_module.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch_module.setenv("ZOO_PINS", str(pins))
+        yield {"server": server, "pins": pins, "build": root / "build", "root": root, "results": results}
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_pretrained_true_downloads_the_pinned_revision(hub):
+    model = zoo.densenet121(pretrained=True)
+    pin = json.loads(hub["pins"].read_text())["densenet121"]
+    assert model.pretrained_cfg["weights"] == f"hf://zoo-models/densenet121@{pin['revision']}"
+    assert model.pretrained_cfg["standin"] is True
+    local = zoo.densenet121(pretrained=hub["build"] / "densenet121")
+    for (k, a), (_, b) in zip(model.state_dict().items(), local.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_real_client_revision_pins_and_snapshot(hub):
+    pin = json.loads(hub["pins"].read_text())["squeezenet1_1"]
+    endpoint = hub["server"].endpoint
+    path = hf_hub_download(pin["repo"], "config.json", revision=pin["revision"], endpoint=endpoint,
+                           cache_dir=hub["root"] / "client-cache")
+    assert json.loads(Path(path).read_text())["name"] == "squeezenet1_1"
+    folder = snapshot_download(pin["repo"], revision=pin["revision"], endpoint=endpoint,
+                               cache_dir=hub["root"] / "client-cache")
+    assert sorted(p.name for p in Path(folder).iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert pin["revision"] in folder
+
+
+def test_fine_tuning_head_on_a_pretrained_backbone(hub):
+    model = zoo.create_model("squeezenet1_1", pretrained=True, num_classes=7)
+    reference = zoo.squeezenet1_1(pretrained=True)
+    assert torch.equal(model.fire9_expand3x3.weight, reference.fire9_expand3x3.weight)
+    head = model.get_classifier()
+    assert isinstance(head, torch.nn.Conv2d) and head.out_channels == 7 and head.kernel_size == (1, 1)
+    assert model(torch.randn(2, 3, 224, 224)).shape == (2, 7)
+    assert model.forward_features(torch.randn(1, 3, 224, 224)).shape == (1, 512, 13, 13)
+    model.reset_classifier(3)
+    assert model(torch.randn(1, 3, 224, 224)).shape == (1, 3) and model.pretrained_cfg["num_classes"] == 3
+
+
+def test_hash_mismatch_is_refused_and_the_cached_file_removed(hub, tmp_path, monkeypatch):
+    pins = json.loads(hub["pins"].read_text())
+    pins["squeezenet1_1"]["sha256"] = "0" * 64
+    bad = tmp_path / "pins.json"
+    bad.write_text(json.dumps(pins))
+    monkeypatch.setenv("ZOO_PINS", str(bad))
+    with pytest.raises(WeightsError, match="sha256 of zoo-models/squeezenet1_1.* the pin says 0000"):
+        zoo.squeezenet1_1(pretrained=True)
+    monkeypatch.setenv("ZOO_PINS", str(hub["pins"]))
+    assert zoo.squeezenet1_1(pretrained=True) is not None  # fetched again, correct this time
+
+
+def test_missing_repo(hub, tmp_path, monkeypatch):
+    pins = json.loads(hub["pins"].read_text())
+    pins["squeezenet1_1"]["repo"] = "zoo-models/does-not-exist"
+    path = tmp_path / "pins.json"
+    path.write_text(json.dumps(pins))
+    monkeypatch.setenv("ZOO_PINS", str(path))
+    with pytest.raises(WeightsError, match="zoo-models/does-not-exist.* not found at http://127.0.0.1"):
+        zoo.squeezenet1_1(pretrained=True)
+
+
+def test_unpinned_model_gives_a_clear_error(hub):
+    with pytest.raises(WeightsError, match="no published weights are pinned for 'resnet50'"):
+        zoo.resnet50(pretrained=True)
+
+
+def _run_offline(hub, home: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
+           "ZOO_PINS": str(hub["pins"]), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    code = "import zoo; m = zoo.squeezenet1_1(pretrained=True); print('loaded', m.pretrained_cfg['weights'])"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_offline_uses_the_cache_and_fails_clearly_without_it(hub, tmp_path):
+    empty = _run_offline(hub, tmp_path / "empty-home")
+    assert empty.returncode != 0 and "not in the local Hub cache" in empty.stderr
+    zoo.squeezenet1_1(pretrained=True)  # fills the session's cache (conftest.HF_HOME)
+    warm = _run_offline(hub, HF_HOME)
+    assert warm.returncode == 0 and "loaded hf://zoo-models/squeezenet1_1@" in warm.stdout, warm.stderr
+
+
+def test_torch_hub_load_from_the_local_checkout(hub):
+    model = torch.hub.load(str(ROOT), "densenet121", source="local", pretrained=True)
+    assert isinstance(model, zoo.ZooModel) and model.pretrained_cfg["name"] == "densenet121"
+    assert model.pretrained_cfg["standin"] is True
+
+
+def test_cli_predict(hub, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (300, 240), (200, 120, 40)).save(image)
+    env = {**os.environ}
+    done = subprocess.run([sys.executable, "-m", "zoo", "predict", "squeezenet1_1", str(image), "--top", "3"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "stand-ins" in lines[0] and lines[1] == str(image) and len(lines) == 5
+    assert all("%" in line for line in lines[2:])
