@@ -6,6 +6,7 @@ it is dead, and a value used once by the very next statement is written inline, 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 from .errors import ConversionError
@@ -19,7 +20,9 @@ LOCAL_NAMES = ["x", "y", "z", "w", "v", "u"]
 # String literals handlers may put into generated code, besides identifiers.
 ALLOWED_STRINGS = {"constant", "reflect", "replicate", "circular", "nearest", "linear", "bilinear", "bicubic",
                    "trilinear", "floor", "trunc", "tanh", "none", "mean", "sum", "zeros", "border", "reflection",
-                   "-inf", "inf", "nan", ""}
+                   "-inf", "inf", "nan", "", "nearest-exact", "area", "prod", "amax", "amin", "trunc"}
+# Einsum equations: letters, commas, '->' and '...', nothing else.
+_EINSUM = re.compile(r"[A-Za-z.,\->]+")
 
 
 @dataclass
@@ -219,7 +222,7 @@ def check_source(source: str, graph: Graph) -> None:
         raise ConversionError(f"{graph.where()}: generated code does not parse ({exc}); please report this") from exc
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if not (is_safe_identifier(node.value) or node.value in ALLOWED_STRINGS):
+            if not (is_safe_identifier(node.value) or node.value in ALLOWED_STRINGS or _EINSUM.fullmatch(node.value)):
                 raise ConversionError(f"{graph.where()}: refusing to emit string literal {node.value!r}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
             raise ConversionError(f"{graph.where()}: refusing to emit a bytes literal")

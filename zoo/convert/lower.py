@@ -27,6 +27,8 @@ TORCH_DTYPES = {
     "int8": "torch.int8", "int16": "torch.int16", "int32": "torch.int32", "int64": "torch.int64",
     "uint8": "torch.uint8", "uint16": "torch.uint16", "uint32": "torch.uint32", "uint64": "torch.uint64",
     "bool": "torch.bool", "complex64": "torch.complex64", "complex128": "torch.complex128",
+    "bfloat16": "torch.bfloat16", "float8_e4m3fn": "torch.float8_e4m3fn", "float8_e5m2": "torch.float8_e5m2",
+    "float8_e4m3fnuz": "torch.float8_e4m3fnuz", "float8_e5m2fnuz": "torch.float8_e5m2fnuz",
 }
 
 
@@ -210,7 +212,7 @@ class Lowering:
         attr = self.attrs.claim(hint or self._layer_hint(node), fallback=node.op_type.lower())
         self.parts.layers.append(Layer(attr, ctor))
         for key, array in tensors.items():
-            self.parts.tensors[f"{attr}.{key}"] = np.ascontiguousarray(array)
+            self.parts.tensors[f"{attr}.{key}"] = np.array(array, order="C", copy=True)
         return f"self.{attr}"
 
     def reference(self, value_name: str) -> str:
@@ -236,7 +238,7 @@ class Lowering:
         else:
             ctor = f"nn.Buffer(torch.empty({shape}, dtype={dtype}))"
         self.parts.layers.append(Layer(attr, ctor))
-        self.parts.tensors[attr] = np.ascontiguousarray(array)
+        self.parts.tensors[attr] = np.array(array, order="C", copy=True)
         return f"self.{attr}"
 
     # lowering ---------------------------------------------------------------------------------------

@@ -1,2 +1,4 @@
 """Built-in op handlers, one module per op family."""
-from . import activation, conv, elementwise, linear, norm, pool, regularization, shape  # noqa: F401
+from . import (  # noqa: F401
+    activation, conv, elementwise, indexing, linear, loss, norm, pool, reduce, regularization, resize, shape,
+)

@@ -124,3 +124,10 @@ register_op("Softmax", since=1)(_softmax_family("torch.softmax({x}, dim={dim})")
 register_op("LogSoftmax", since=1)(_softmax_family("torch.log_softmax({x}, dim={dim})"))
 register_op("Hardmax", since=1)(_softmax_family(
     "F.one_hot(torch.argmax({x}, dim={dim}), {x}.shape[{dim}]).movedim(-1, {dim}).to({x}.dtype)"))
+
+
+@register_op("Swish", since=24)
+def swish(ctx):
+    alpha = np.float32(ctx.attr("alpha", 1.0))
+    x = ctx.x(0)
+    return f"F.silu({x})" if alpha == 1 else f"{x} * torch.sigmoid({ctx.lit(alpha)} * {x})"

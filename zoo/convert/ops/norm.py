@@ -100,3 +100,30 @@ def group_norm(ctx):
         scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
     layer = ctx.layer(f"nn.GroupNorm({groups}, {channels}, eps={_eps(ctx)})", weight=scale, bias=bias)
     return f"{layer}({ctx.x(0)})"
+
+
+@register_op("RMSNormalization", since=23)
+def rms_norm(ctx):
+    rank = ctx.rank(0)
+    axis = int(ctx.attr("axis", -1)) % rank
+    dims = ctx.lit(tuple(range(axis, rank)))
+    x = ctx.x(0)
+    return f"{x} * torch.rsqrt(torch.mean({x} * {x}, dim={dims}, keepdim=True) + {_eps(ctx)}) * {ctx.x(1)}"
+
+
+@register_op("LpNormalization", since=1)
+def lp_normalization(ctx):
+    p = int(ctx.attr("p", 2))
+    a = int(ctx.attr("axis", -1))
+    x = ctx.x(0)
+    if p == 1:
+        return f"{x} / torch.sum(torch.abs({x}), dim={a}, keepdim=True)"
+    return f"{x} / torch.linalg.vector_norm({x}, {p}, dim={a}, keepdim=True)"
+
+
+@register_op("MeanVarianceNormalization", since=9)
+def mean_variance_normalization(ctx):
+    dims = ctx.lit(tuple(ctx.attr("axes") or (0, 2, 3)))
+    x = ctx.x(0)
+    centred = f"{x} - torch.mean({x}, dim={dims}, keepdim=True)"
+    return f"({centred}) / (torch.sqrt(torch.mean(({centred}) ** 2, dim={dims}, keepdim=True)) + 1e-09)"

@@ -1,0 +1,192 @@
+"""ONNX backend node conformance: every node test case of the installed onnx package through zoo.convert.
+
+    python scripts/conformance.py [--peer onnx2torch] [--json out/conformance.json] [-k PATTERN]
+
+Cases are regenerated with onnx.backend.test.case.node.collect_testcases(); outputs are compared with the
+case's own tolerances (rtol 1e-3, atol 1e-7 by default), exactly for integer and bool outputs, and shapes
+must match. Prints a per-op table and one total line per converter.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import json
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+class CaseTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise CaseTimeout()
+
+
+_ML_DTYPES = {"bfloat16": torch.bfloat16, "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2,
+              "float8_e4m3fnuz": torch.float8_e4m3fnuz, "float8_e5m2fnuz": torch.float8_e5m2fnuz}
+
+
+def _to_torch(x):
+    """numpy (including ml_dtypes' bfloat16 and float8) to torch, bit for bit."""
+    if isinstance(x, onnx.TensorProto):
+        x = onnx.numpy_helper.to_array(x)
+    if not isinstance(x, np.ndarray):
+        return x
+    name = x.dtype.name
+    if name in _ML_DTYPES:
+        bits = np.ascontiguousarray(x).view(np.uint16 if x.dtype.itemsize == 2 else np.uint8)
+        return torch.from_numpy(bits.copy()).view(_ML_DTYPES[name])
+    return torch.from_numpy(np.array(x))
+
+
+def _compare(expected, got, rtol, atol) -> str:
+    """'' when equal enough, else why not."""
+    if isinstance(got, torch.Tensor):
+        got = got.detach().cpu()
+        got = got.float().numpy() if got.dtype in _ML_DTYPES.values() else got.numpy()
+    if isinstance(expected, onnx.TensorProto):
+        expected = onnx.numpy_helper.to_array(expected)
+    expected = np.asarray(expected)
+    if expected.dtype.name in _ML_DTYPES:
+        expected = expected.astype(np.float32)
+    got = np.asarray(got)
+    if expected.dtype == object or expected.dtype.kind in "SU":
+        return "string or object output"
+    if got.shape != expected.shape:
+        return f"shape {got.shape} != {expected.shape}"
+    if expected.dtype.kind in "biu":
+        if got.dtype.kind not in "biu":
+            return f"dtype {got.dtype}, expected {expected.dtype}"
+        return "" if np.array_equal(got.astype(expected.dtype), expected) else "integer values differ"
+    if expected.dtype.kind == "c":
+        ok = np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+        return "" if ok else "complex values differ"
+    try:
+        np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol)
+    except AssertionError:
+        return "values differ"
+    return ""
+
+
+def _run_case(case, loader, workdir: Path) -> tuple[bool, str]:
+    path = workdir / f"{case.name}.onnx"
+    onnx.save(case.model, str(path))
+    try:
+        module = loader(path)
+    except Exception as exc:  # noqa: BLE001 - the converter's verdict
+        return False, f"convert: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    for inputs, outputs in case.data_sets:
+        try:
+            args = [_to_torch(x) for x in inputs]
+            with torch.no_grad():
+                got = module(*args)
+        except Exception as exc:  # noqa: BLE001
+            return False, f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        got = list(got) if isinstance(got, (tuple, list)) else [got]
+        if len(got) != len(outputs):
+            return False, f"{len(got)} outputs, expected {len(outputs)}"
+        for g, e in zip(got, outputs):
+            why = _compare(e, g, case.rtol, case.atol)
+            if why:
+                return False, why
+    return True, ""
+
+
+def zoo_loader(path: Path):
+    from zoo.convert import load
+
+    return load(path)
+
+
+def onnx2torch_loader(path: Path):
+    from onnx2torch import convert
+
+    return convert(str(path)).eval()
+
+
+LOADERS = {"zoo": zoo_loader, "onnx2torch": onnx2torch_loader}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", action="append", default=[], choices=["onnx2torch"], help="also run this converter")
+    parser.add_argument("--json", type=Path, default=Path("out/conformance.json"), help="per-case results")
+    parser.add_argument("-k", dest="pattern", help="only cases whose name contains this")
+    parser.add_argument("--timeout", type=int, default=30, help="seconds per case")
+    parser.add_argument("--failures", action="store_true", help="list every failing case with its reason")
+    args = parser.parse_args(argv)
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cases = [c for c in collect_testcases() if c.kind == "node" and (not args.pattern or args.pattern in c.name)]
+    signal.signal(signal.SIGALRM, _alarm)
+    results: dict[str, dict[str, dict]] = {}
+    totals = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for converter in ["zoo", *args.peer]:
+            try:
+                LOADERS[converter]  # noqa: B018
+                if converter != "zoo":
+                    __import__(converter)
+            except ImportError:
+                print(f"{converter}: not installed (pip install {converter}); skipped")
+                continue
+            start = time.perf_counter()
+            per_case = {}
+            for case in cases:
+                signal.alarm(args.timeout)
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                        ok, why = _run_case(case, LOADERS[converter], Path(tmp))
+                except CaseTimeout:
+                    ok, why = False, f"timeout after {args.timeout} s"
+                except Exception as exc:  # noqa: BLE001
+                    ok, why = False, f"crash: {type(exc).__name__}: {exc}"[:200]
+                finally:
+                    signal.alarm(0)
+                op = case.model.graph.node[0].op_type if case.model.graph.node else "?"
+                per_case[case.name] = {"op": op, "passed": ok, "reason": why}
+            results[converter] = per_case
+            totals[converter] = (sum(r["passed"] for r in per_case.values()), len(per_case), time.perf_counter() - start)
+
+    by_op: dict[str, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(lambda: [0, 0]))
+    for converter, per_case in results.items():
+        for r in per_case.values():
+            cell = by_op[r["op"]][converter]
+            cell[0] += r["passed"]
+            cell[1] += 1
+    names = list(results)
+    print(f"{'op':<36}" + "".join(f"{n:>14}" for n in names))
+    for op in sorted(by_op):
+        print(f"{op:<36}" + "".join(f"{by_op[op][n][0]:>8}/{by_op[op][n][1]:<5}" for n in names))
+    if args.failures:
+        for converter, per_case in results.items():
+            for name, r in sorted(per_case.items()):
+                if not r["passed"]:
+                    print(f"FAIL {converter} {name}: {r['reason']}")
+    for converter, (passed, total, seconds) in totals.items():
+        print(f"{converter}: {passed} passed, {total - passed} failed ({total} cases, onnx {onnx.__version__}, "
+              f"{seconds:.0f} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"onnx": onnx.__version__, "results": results}, indent=1, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Reductions (ReduceSum, ReduceMean, ...), ArgMax/ArgMin, TopK, CumSum."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..registry import register_op
+from ._util import axis as norm_axis
+
+# op -> (template over {x}, {dims}, {keep}; the opset from which axes is an input)
+_REDUCE = {
+    "ReduceSum": ("torch.sum({x}, dim={dims}, keepdim={keep})", 13),
+    "ReduceMean": ("torch.mean({x}, dim={dims}, keepdim={keep})", 18),
+    "ReduceMax": ("torch.amax({x}, dim={dims}, keepdim={keep})", 18),
+    "ReduceMin": ("torch.amin({x}, dim={dims}, keepdim={keep})", 18),
+    "ReduceL1": ("torch.sum(torch.abs({x}), dim={dims}, keepdim={keep})", 18),
+    "ReduceL2": ("torch.sqrt(torch.sum({x} * {x}, dim={dims}, keepdim={keep}))", 18),
+    "ReduceSumSquare": ("torch.sum({x} * {x}, dim={dims}, keepdim={keep})", 18),
+    "ReduceLogSum": ("torch.log(torch.sum({x}, dim={dims}, keepdim={keep}))", 18),
+    "ReduceLogSumExp": ("torch.logsumexp({x}, dim={dims}, keepdim={keep})", 18),
+    "ReduceProd": (None, 18),
+}
+
+
+def _reduce(op: str):
+    template, input_since = _REDUCE[op]
+
+    def handler(ctx):
+        rank = ctx.rank(0)
+        if ctx.opset >= input_since:
+            axes = ctx.const(1) if ctx.has_input(1) else None
+            if ctx.has_input(1) and axes is None:
+                raise Unsupported("non-constant axes")
+            axes = None if axes is None or axes.size == 0 else [int(a) for a in axes.reshape(-1)]
+            if axes is None and ctx.attr("noop_with_empty_axes", 0):
+                return ctx.x(0)
+        else:
+            axes = ctx.attr("axes")
+        dims = tuple(sorted(a % rank for a in axes)) if axes else tuple(range(rank))
+        keep = bool(ctx.attr("keepdims", 1))
+        x = ctx.x(0)
+        dtype = ctx.dtype(0)
+        if dtype is not None and dtype.kind == "b" and op in ("ReduceMax", "ReduceMin"):
+            x = f"{x}.to(torch.uint8)"
+        if template is None:  # torch.prod reduces one dimension at a time
+            expr = x
+            for d in sorted(dims, reverse=True):
+                expr = f"torch.prod({expr}, dim={d}, keepdim={keep})"
+            if not dims:
+                expr = f"torch.prod({expr})"
+        else:
+            expr = template.format(x=x, dims=ctx.lit(dims), keep=keep)
+        if dtype is not None and dtype.kind in "biu" and dtype != np.int64:
+            expr += f".to({ctx.torch_dtype(dtype)})"
+        return expr
+
+    return handler
+
+
+for _op in _REDUCE:
+    register_op(_op, since=1)(_reduce(_op))
+
+
+def _arg(fn: str):
+    def handler(ctx):
+        rank = ctx.rank(0)
+        a = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
+        keep = bool(ctx.attr("keepdims", 1))
+        x = ctx.x(0)
+        if ctx.attr("select_last_index", 0):
+            return f"{x}.shape[{a}] - 1 - torch.{fn}({x}.flip({a}), dim={a}, keepdim={keep})"
+        return f"torch.{fn}({x}, dim={a}, keepdim={keep})"
+
+    return handler
+
+
+register_op("ArgMax", since=1)(_arg("argmax"))
+register_op("ArgMin", since=1)(_arg("argmin"))
+
+
+@register_op("TopK", since=1)
+def topk(ctx):
+    from ..lower import Multi
+
+    rank = ctx.rank(0)
+    a = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
+    k = ctx.attr("k") if ctx.opset < 10 else ctx.const(1)
+    k = ctx.lit(int(np.asarray(k).reshape(-1)[0])) if k is not None else f"int({ctx.x(1)}[0])"
+    largest = bool(ctx.attr("largest", 1))
+    return Multi(f"torch.topk({ctx.x(0)}, {k}, dim={a}, largest={largest}, sorted=True)")
+
+
+@register_op("CumSum", since=11)
+def cumsum(ctx):
+    axis = ctx.require_const(1, "axis")
+    rank = ctx.rank(0)
+    a = norm_axis(ctx, int(axis.reshape(-1)[0]), rank)
+    x = ctx.x(0)
+    dtype = ctx.dtype(0)
+    cast = f".to({ctx.torch_dtype(dtype)})" if dtype is not None and dtype.kind in "iu" and dtype != np.int64 else ""
+    reverse, exclusive = ctx.attr("reverse", 0), ctx.attr("exclusive", 0)
+    source = f"{x}.flip({a})" if reverse else x
+    expr = f"torch.cumsum({source}, dim={a}){cast}"
+    if exclusive:
+        expr = f"({expr} - {source})"
+    return f"{expr}.flip({a})" if reverse else expr
+
+
+@register_op("CumProd", since=26)
+def cumprod(ctx):
+    axis = ctx.require_const(1, "axis")
+    a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0))
+    x = ctx.x(0)
+    reverse, exclusive = ctx.attr("reverse", 0), ctx.attr("exclusive", 0)
+    source = f"{x}.flip({a})" if reverse else x
+    expr = f"torch.cumprod({source}, dim={a})"
+    if exclusive:
+        expr = f"torch.cat([torch.ones_like({source}.narrow({a}, 0, 1)), {expr}.narrow({a}, 0, {source}.shape[{a}] - 1)], dim={a})"
+    return f"{expr}.flip({a})" if reverse else expr
