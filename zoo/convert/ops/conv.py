@@ -60,7 +60,9 @@ def _functional_conv(ctx):
 
 @register_op("ConvTranspose", since=1)
 def conv_transpose(ctx):
-    weight = ctx.require_const(1, "the weight")
+    weight = ctx.const(1)
+    if weight is None:
+        return _functional_conv_transpose(ctx)
     bias = ctx.const(2) if ctx.has_input(2) else None
     if ctx.has_input(2) and bias is None:
         raise Unsupported("a non-constant bias")
@@ -99,3 +101,20 @@ def conv_transpose(ctx):
         expr = f"{expr}[{index}]"
     return expr
 
+
+
+def _functional_conv_transpose(ctx):
+    shape = ctx.shape(1)
+    if shape is None or ctx.attr("output_shape") is not None or ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
+        raise Unsupported("a non-constant weight with output_shape, auto_pad or unknown rank")
+    n = len(shape) - 2
+    pads = list(ctx.attr("pads") or [0] * (2 * n))
+    if pads[:n] != pads[n:]:
+        raise Unsupported("a non-constant weight with asymmetric pads")
+    strides = list(ctx.attr("strides") or [1] * n)
+    out_pad = list(ctx.attr("output_padding") or [0] * n)
+    dilations = list(ctx.attr("dilations") or [1] * n)
+    bias = ctx.x(2) if ctx.has_input(2) else "None"
+    return (f"F.conv_transpose{n}d({ctx.x(0)}, {ctx.x(1)}, {bias}, stride={ctx.lit(tuple(strides))}, "
+            f"padding={ctx.lit(tuple(pads[:n]))}, output_padding={ctx.lit(tuple(out_pad))}, "
+            f"groups={int(ctx.attr('group', 1))}, dilation={ctx.lit(tuple(dilations))})")

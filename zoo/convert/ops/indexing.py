@@ -39,11 +39,11 @@ def eye_like(ctx):
 
 @register_op("OneHot", since=9)
 def one_hot(ctx):
-    depth = ctx.require_const(1, "depth")
+    depth = ctx.const(1)
     values = ctx.x(2)
     rank = ctx.rank(0) + 1
     a = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
-    n = ctx.lit(int(np.asarray(depth).reshape(-1)[0]))
+    n = ctx.lit(int(np.asarray(depth).reshape(-1)[0])) if depth is not None else f"int({ctx.x(1)})"
     idx = ctx.x(0)
     wrapped = f"torch.where({idx} < 0, {idx} + {n}, {idx})"
     mask = f"{wrapped}.unsqueeze(-1) == torch.arange({n}, device={idx}.device)"

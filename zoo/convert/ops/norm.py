@@ -63,9 +63,9 @@ def instance_norm(ctx):
 
 @register_op("LayerNormalization", since=17)
 def layer_norm(ctx):
-    if ctx.output_used(1) or ctx.output_used(2):
-        raise Unsupported("the Mean and InvStdDev outputs")
     rank = ctx.rank(0)
+    if ctx.output_used(1) or ctx.output_used(2):
+        return _layer_norm_with_statistics(ctx, rank)
     axis = int(ctx.attr("axis", -1)) % rank
     shape = ctx.shape(0)
     normalized = tuple(shape[axis:]) if shape is not None else ()
@@ -86,6 +86,16 @@ def layer_norm(ctx):
     normed = f"F.layer_norm({ctx.x(0)}, {ctx.lit(normalized)}, eps={_eps(ctx)})"
     normed = f"{normed} * {ctx.x(1)}"
     return f"{normed} + {ctx.x(2)}" if ctx.has_input(2) else normed
+
+
+def _layer_norm_with_statistics(ctx, rank):
+    axis = int(ctx.attr("axis", -1)) % rank
+    dims = ctx.lit(tuple(range(axis, rank)))
+    x = ctx.x(0)
+    mean = f"torch.mean({x}, dim={dims}, keepdim=True)"
+    inv_std = f"torch.rsqrt(torch.var({x}, dim={dims}, unbiased=False, keepdim=True) + {_eps(ctx)})"
+    y = f"({x} - {mean}) * {inv_std} * {ctx.x(1)}" + (f" + {ctx.x(2)}" if ctx.has_input(2) else "")
+    return [y, mean if ctx.output_used(1) else None, inv_std if ctx.output_used(2) else None]
 
 
 @register_op("GroupNormalization", since=18)

@@ -30,7 +30,7 @@ def _reduce(op: str):
         if ctx.opset >= input_since:
             axes = ctx.const(1) if ctx.has_input(1) else None
             if ctx.has_input(1) and axes is None:
-                raise Unsupported("non-constant axes")
+                return _runtime_axes(ctx, template)
             axes = None if axes is None or axes.size == 0 else [int(a) for a in axes.reshape(-1)]
             if axes is None and ctx.attr("noop_with_empty_axes", 0):
                 return ctx.x(0)
@@ -55,6 +55,24 @@ def _reduce(op: str):
         return expr
 
     return handler
+
+
+def _runtime_axes(ctx, template):
+    """Axes known only at run time (a graph input): empty means all axes, or none with noop_with_empty_axes."""
+    if template is None:
+        raise Unsupported("ReduceProd over non-constant axes")
+    x, axes = ctx.x(0), ctx.x(1)
+    keep = bool(ctx.attr("keepdims", 1))
+    dims = f"tuple({axes}.tolist()) or tuple(range({x}.dim()))"
+    expr = template.format(x=x, dims=f"({dims})", keep=keep)
+    dtype = ctx.dtype(0)
+    if dtype is not None and dtype.kind == "b":
+        raise Unsupported("boolean input with non-constant axes")
+    if dtype is not None and dtype.kind in "iu" and dtype != np.int64:
+        expr += f".to({ctx.torch_dtype(dtype)})"
+    if ctx.attr("noop_with_empty_axes", 0):
+        return f"{x} if {axes}.numel() == 0 else {expr}"
+    return expr
 
 
 for _op in _REDUCE:
@@ -92,9 +110,8 @@ def topk(ctx):
 
 @register_op("CumSum", since=11)
 def cumsum(ctx):
-    axis = ctx.require_const(1, "axis")
-    rank = ctx.rank(0)
-    a = norm_axis(ctx, int(axis.reshape(-1)[0]), rank)
+    axis = ctx.const(1)
+    a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0)) if axis is not None else f"int({ctx.x(1)})"
     x = ctx.x(0)
     dtype = ctx.dtype(0)
     cast = f".to({ctx.torch_dtype(dtype)})" if dtype is not None and dtype.kind in "iu" and dtype != np.int64 else ""
@@ -108,8 +125,8 @@ def cumsum(ctx):
 
 @register_op("CumProd", since=26)
 def cumprod(ctx):
-    axis = ctx.require_const(1, "axis")
-    a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0))
+    axis = ctx.const(1)
+    a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0)) if axis is not None else f"int({ctx.x(1)})"
     x = ctx.x(0)
     reverse, exclusive = ctx.attr("reverse", 0), ctx.attr("exclusive", 0)
     source = f"{x}.flip({a})" if reverse else x

@@ -11,9 +11,13 @@ from ..registry import register_op
 def dropout(ctx):
     if ctx.opset >= 12:
         ratio = ctx.const(1) if ctx.has_input(1) else np.float32(0.5)
+        training = ctx.const(2) if ctx.has_input(2) else np.bool_(False)
+        if ratio is None and training is not None and not bool(training):
+            # The rate comes at run time: functional dropout, active only when the module trains.
+            mask = f"torch.ones_like({ctx.x(0)}, dtype=torch.bool)" if ctx.output_used(1) else None
+            return [f"F.dropout({ctx.x(0)}, float({ctx.x(1)}), self.training)", mask]
         if ratio is None:
             raise Unsupported("a non-constant ratio")
-        training = ctx.const(2) if ctx.has_input(2) else np.bool_(False)
         if training is None or bool(training):
             raise Unsupported("training_mode set in the graph")
         ratio = np.float32(ratio.reshape(()) if isinstance(ratio, np.ndarray) else ratio)

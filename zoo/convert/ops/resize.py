@@ -60,7 +60,7 @@ def resize(ctx):
         scales = ctx.const(2) if ctx.has_input(2) else None
         sizes = ctx.const(3) if ctx.has_input(3) else None
         if (ctx.has_input(2) and scales is None) or (ctx.has_input(3) and sizes is None):
-            raise Unsupported("non-constant scales or sizes")
+            return _runtime_resize(ctx)
         if scales is not None and scales.size == 0:
             scales = None
     if scales is not None:
@@ -73,6 +73,21 @@ def resize(ctx):
     return _interpolate(ctx, scales, sizes, ctx.attr("mode", "nearest"), transform,
                         ctx.attr("nearest_mode", "round_prefer_floor") if ctx.opset >= 11 else "floor",
                         float(ctx.attr("cubic_coeff_a", -0.75)), int(ctx.attr("exclude_outside", 0)))
+
+
+def _runtime_resize(ctx):
+    """Scales or sizes given at run time: the batch and channel entries are assumed to be 1 / unchanged."""
+    x = ctx.x(0)
+    template = _interpolate(ctx, [1.0] * ctx.rank(0), None, ctx.attr("mode", "nearest"),
+                            ctx.attr("coordinate_transformation_mode", "half_pixel"),
+                            ctx.attr("nearest_mode", "round_prefer_floor"), float(ctx.attr("cubic_coeff_a", -0.75)),
+                            int(ctx.attr("exclude_outside", 0)))
+    fixed = f"scale_factor={ctx.lit(tuple([1.0] * (ctx.rank(0) - 2)))}"
+    if ctx.has_input(3) and ctx.const(3) is None:
+        how = f"size=tuple({ctx.x(3)}[2:].tolist())"
+    else:
+        how = f"scale_factor=tuple({ctx.x(2)}[2:].tolist())"
+    return template.replace(fixed, how)
 
 
 @register_op("Upsample", since=7)

@@ -60,8 +60,17 @@ def _axes(ctx, index: int, what: str):
     return _ints(ctx.require_const(index, what))
 
 
+def _static_out(ctx):
+    shape = ctx.out_shape(0)
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        raise Unsupported("non-constant axes and an output shape unknown before run time")
+    return f"{ctx.x(0)}.reshape({ctx.lit(tuple(shape))})"
+
+
 @register_op("Unsqueeze", since=1)
 def unsqueeze(ctx):
+    if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None:
+        return _static_out(ctx)
     axes = _axes(ctx, 1, "axes")
     out_rank = ctx.rank(0) + len(axes)
     expr = ctx.x(0)
@@ -72,6 +81,8 @@ def unsqueeze(ctx):
 
 @register_op("Squeeze", since=1)
 def squeeze(ctx):
+    if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None:
+        return _static_out(ctx)
     axes = _axes(ctx, 1, "axes")
     if axes is None:
         return f"{ctx.x(0)}.squeeze()"
@@ -129,6 +140,8 @@ def slice_(ctx):
     rank = ctx.rank(0)
     if ctx.opset < 10:
         starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
+    elif any(ctx.has_input(i) and ctx.const(i) is None for i in range(1, 5)):
+        return _runtime_slice(ctx, rank)
     else:
         starts = _ints(ctx.require_const(1, "starts"))
         ends = _ints(ctx.require_const(2, "ends"))
@@ -149,6 +162,21 @@ def slice_(ctx):
     del flips
     if not index:
         return ctx.x(0)
+    return f"{ctx.x(0)}[{', '.join(index)}]"
+
+
+def _runtime_slice(ctx, rank):
+    """starts/ends/axes/steps given at run time: one slice per entry, their count known from the shape."""
+    count = (ctx.shape(1) or (None,))[0]
+    if not isinstance(count, int):
+        raise Unsupported("a Slice whose number of axes is unknown")
+    axes = ctx.const(3) if ctx.has_input(3) else np.arange(count)
+    if axes is None:
+        raise Unsupported("non-constant axes")
+    index = [":"] * rank
+    for i, a in enumerate(_ints(axes)):
+        step = f":int({ctx.x(4)}[{i}])" if ctx.has_input(4) else ""
+        index[a % rank] = f"int({ctx.x(1)}[{i}]):int({ctx.x(2)}[{i}]){step}"
     return f"{ctx.x(0)}[{', '.join(index)}]"
 
 
@@ -173,6 +201,8 @@ def split(ctx):
     rank = ctx.rank(0)
     ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
     n = len(ctx.node.outputs)
+    if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None:
+        return Multi(f"torch.split({ctx.x(0)}, {ctx.x(1)}.tolist(), dim={ax})")
     sizes = ctx.attr("split") if ctx.opset < 13 else (_ints(ctx.require_const(1, "split")) if ctx.has_input(1) else None)
     if not sizes:
         shape = ctx.shape(0)
@@ -211,6 +241,15 @@ def pad(ctx):
     if ctx.opset < 11:
         pads, value = list(ctx.attr("pads" if ctx.opset >= 2 else "paddings")), float(ctx.attr("value", 0.0))
         axes = list(range(rank))
+    elif ctx.const(1) is None and not ctx.has_input(3):
+        value = f", value={ctx.x(2)}.item()" if ctx.has_input(2) else ""
+        mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
+            ctx.attr("mode", "constant"))
+        if mode is None:
+            raise Unsupported(f"mode {ctx.attr('mode')!r}")
+        pads = ctx.x(1)
+        order = f"{pads}.view(2, -1).t().flip(0).flatten().tolist()"
+        return f"F.pad({ctx.x(0)}, {order}, mode={mode!r}{value if mode == 'constant' else ''})"
     else:
         pads = _ints(ctx.require_const(1, "pads"))
         value_c = ctx.const(2) if ctx.has_input(2) else None
