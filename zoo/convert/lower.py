@@ -60,6 +60,7 @@ class ModuleParts:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     token_values: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
+    helpers: dict[str, str] = field(default_factory=dict)  # module-level functions some ops need
 
 
 def torch_dtype(dtype: np.dtype | None) -> str:
@@ -176,6 +177,11 @@ class NodeContext:
             if c.ndim == 0 or (other_rank is not None and other_rank >= c.ndim):
                 return lit(c.reshape(()).item() if c.dtype.kind != "f" else c.reshape(())[()])
         return self.x(i)
+
+    def helper(self, name: str, source: str) -> str:
+        """Put a module-level function (trusted source from an op family) into the generated file once."""
+        self._lowering.parts.helpers.setdefault(name, source.strip() + "\n")
+        return name
 
     def layer(self, ctor: str, *, hint: str | None = None, **tensors: np.ndarray) -> str:
         """Declare ``self.<name> = <ctor>`` with the given state tensors; returns ``self.<name>``."""

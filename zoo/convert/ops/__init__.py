@@ -1,4 +1,5 @@
 """Built-in op handlers, one module per op family."""
 from . import (  # noqa: F401
-    activation, conv, elementwise, indexing, linear, loss, norm, pool, reduce, regularization, resize, shape,
+    activation, attention, conv, elementwise, indexing, linear, loss, norm, pool, reduce, regularization, resize,
+    shape,
 )

@@ -1,0 +1,128 @@
+"""ONNX Attention (opset 23+) through a plain-PyTorch helper function emitted into the generated file."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..lower import Multi
+from ..registry import register_op
+
+ATTENTION = '''
+def attention(q, k, v, mask=None, past_key=None, past_value=None, *, scale=None, is_causal=False, q_heads=0,
+              kv_heads=0, softcap=0.0, qk_mode=0):
+    # Scaled dot-product attention as ONNX defines it: optional KV cache, mask, causal, softcap and GQA.
+    three_d = q.dim() == 3
+    if three_d:
+        q = q.unflatten(-1, (q_heads, -1)).transpose(1, 2)
+        k = k.unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+        v = v.unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+    if past_key is not None:
+        k = torch.cat([past_key, k], dim=2)
+        v = torch.cat([past_value, v], dim=2)
+    present_key, present_value = k, v
+    q_len, kv_len = q.shape[2], k.shape[2]
+    bias = torch.zeros(q_len, kv_len, dtype=q.dtype, device=q.device)
+    if mask is not None:
+        if mask.shape[-1] < kv_len:
+            fill = False if mask.dtype == torch.bool else float("-inf")
+            mask = F.pad(mask, (0, kv_len - mask.shape[-1]), value=fill)
+        if mask.dtype == torch.bool:
+            mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, float("-inf"))
+        bias = bias + mask
+    if is_causal:
+        offset = past_key.shape[2] if past_key is not None else 0
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(offset)
+        bias = bias.masked_fill(~allowed, float("-inf"))
+    if q.shape[1] != k.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    root = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
+    qk = (q * root) @ (k.transpose(-1, -2) * root)
+    if softcap > 0:
+        qk = softcap * torch.tanh(qk / softcap)
+    scores = qk + bias
+    if qk_mode == 2:
+        qk = scores
+    weights = torch.softmax(scores, dim=-1)
+    weights = torch.where(torch.isneginf(bias.amax(-1, keepdim=True)), torch.zeros_like(weights), weights)
+    if qk_mode == 3:
+        qk = weights
+    y = weights @ v
+    if three_d:
+        y = y.transpose(1, 2).flatten(2)
+    return y, present_key, present_value, qk
+'''
+
+
+@register_op("Attention", since=23)
+def attention(ctx):
+    if ctx.has_input(6) or ctx.attr("left_window_size", -1) != -1 or ctx.attr("right_window_size", -1) != -1:
+        raise Unsupported("nonpad_kv_seqlen or sliding windows")
+    fn = ctx.helper("attention", ATTENTION)
+    args = [ctx.x(0), ctx.x(1), ctx.x(2)]
+    for i in (3, 4, 5):
+        args.append(ctx.x(i) if ctx.has_input(i) else "None")
+    while args[-1] == "None":
+        args.pop()
+    options = []
+    if ctx.attr("scale") is not None:
+        options.append(f"scale={ctx.lit(np.float32(ctx.attr('scale')))}")
+    if ctx.attr("is_causal", 0):
+        options.append("is_causal=True")
+    if ctx.rank(0) == 3:
+        options += [f"q_heads={int(ctx.attr('q_num_heads'))}", f"kv_heads={int(ctx.attr('kv_num_heads'))}"]
+    if ctx.attr("softcap", 0.0):
+        options.append(f"softcap={ctx.lit(np.float32(ctx.attr('softcap')))}")
+    if ctx.attr("qk_matmul_output_mode", 0):
+        options.append(f"qk_mode={int(ctx.attr('qk_matmul_output_mode'))}")
+    call = f"{fn}({', '.join(args + options)})"
+    if any(ctx.output_used(i) for i in range(1, 4)):
+        n = len(ctx.node.outputs)
+        return Multi(call if n == 4 else f"{call}[:{n}]")
+    return f"{call}[0]"
+
+
+def _per_axis(ctx, value: str, index: int, axis_attr: int) -> str:
+    """A 1-d scale or zero point broadcast along ``axis`` of input 0."""
+    shape = ctx.shape(index)
+    if not shape or len(shape) == 0 or (len(shape) == 1 and shape[0] == 1):
+        return value
+    if len(shape) != 1:
+        raise Unsupported("blocked quantization")
+    rank = ctx.rank(0)
+    axis = axis_attr % rank
+    return f"{value}.reshape({ctx.lit((-1,) + (1,) * (rank - 1 - axis))})"
+
+
+_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
+           "int32": (-2**31, 2**31 - 1)}
+
+
+@register_op("QuantizeLinear", since=10)
+def quantize_linear(ctx):
+    if ctx.attr("block_size", 0):
+        raise Unsupported("blocked quantization")
+    out = ctx.out_dtype(0)
+    if out is None or out.name not in _RANGES:
+        raise Unsupported(f"quantizing to {out}")
+    low, high = _RANGES[out.name]
+    axis = int(ctx.attr("axis", 1))
+    x = ctx.x(0)
+    scale = _per_axis(ctx, ctx.x(1), 1, axis)
+    q = f"torch.round({x} / {scale})"
+    if ctx.has_input(2):
+        q += f" + {_per_axis(ctx, ctx.x(2), 2, axis)}"
+    return f"torch.clamp({q}, {low}, {high}).to({ctx.torch_dtype(out)})"
+
+
+@register_op("DequantizeLinear", since=10)
+def dequantize_linear(ctx):
+    if ctx.attr("block_size", 0):
+        raise Unsupported("blocked quantization")
+    axis = int(ctx.attr("axis", 1))
+    out = ctx.out_dtype(0)
+    dtype = ctx.torch_dtype(out) if out is not None else "torch.float32"
+    x = f"{ctx.x(0)}.to(torch.float32)"
+    if ctx.has_input(2):
+        x = f"({x} - {_per_axis(ctx, ctx.x(2), 2, axis)}.to(torch.float32))"
+    return f"({x} * {_per_axis(ctx, ctx.x(1), 1, axis)}).to({dtype})"
