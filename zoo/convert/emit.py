@@ -20,7 +20,7 @@ LOCAL_NAMES = ["x", "y", "z", "w", "v", "u"]
 # String literals handlers may put into generated code, besides identifiers.
 ALLOWED_STRINGS = {"constant", "reflect", "replicate", "circular", "nearest", "linear", "bilinear", "bicubic",
                    "trilinear", "floor", "trunc", "tanh", "none", "mean", "sum", "zeros", "border", "reflection",
-                   "-inf", "inf", "nan", "", "nearest-exact", "area", "prod", "amax", "amin", "trunc"}
+                   "-inf", "inf", "nan", "", "nearest-exact", "area", "prod", "amax", "amin", "trunc", "replicate"}
 # Einsum equations: letters, commas, '->' and '...', nothing else.
 _EINSUM = re.compile(r"[A-Za-z.,\->]+")
 

@@ -8,8 +8,8 @@ from ..lower import Multi
 from ..registry import register_op
 
 ATTENTION = '''
-def attention(q, k, v, mask=None, past_key=None, past_value=None, *, scale=None, is_causal=False, q_heads=0,
-              kv_heads=0, softcap=0.0, qk_mode=0):
+def attention(q, k, v, mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, scale=None,
+              is_causal=False, q_heads=0, kv_heads=0, softcap=0.0, qk_mode=0, left_window=-1, right_window=-1):
     # Scaled dot-product attention as ONNX defines it: optional KV cache, mask, causal, softcap and GQA.
     three_d = q.dim() == 3
     if three_d:
@@ -29,10 +29,20 @@ def attention(q, k, v, mask=None, past_key=None, past_value=None, *, scale=None,
         if mask.dtype == torch.bool:
             mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(~mask, float("-inf"))
         bias = bias + mask
-    if is_causal:
+    if past_key is None and nonpad_kv_seqlen is not None:
+        offset = (nonpad_kv_seqlen.reshape(-1) - q_len).reshape(-1, 1, 1, 1)
+    else:
         offset = past_key.shape[2] if past_key is not None else 0
-        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(offset)
-        bias = bias.masked_fill(~allowed, float("-inf"))
+    diff = torch.arange(q_len, device=q.device).reshape(-1, 1) + offset - torch.arange(kv_len, device=q.device)
+    if is_causal:
+        bias = bias.masked_fill(diff < 0, float("-inf"))
+    if left_window >= 0:
+        bias = bias.masked_fill(diff > left_window, float("-inf"))
+    if right_window >= 0:
+        bias = bias.masked_fill(-diff > right_window, float("-inf"))
+    if nonpad_kv_seqlen is not None:
+        padded = torch.arange(kv_len, device=q.device) >= nonpad_kv_seqlen.reshape(-1, 1, 1, 1)
+        bias = bias.masked_fill(padded, float("-inf"))
     if q.shape[1] != k.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
@@ -56,11 +66,9 @@ def attention(q, k, v, mask=None, past_key=None, past_value=None, *, scale=None,
 
 @register_op("Attention", since=23)
 def attention(ctx):
-    if ctx.has_input(6) or ctx.attr("left_window_size", -1) != -1 or ctx.attr("right_window_size", -1) != -1:
-        raise Unsupported("nonpad_kv_seqlen or sliding windows")
     fn = ctx.helper("attention", ATTENTION)
     args = [ctx.x(0), ctx.x(1), ctx.x(2)]
-    for i in (3, 4, 5):
+    for i in (3, 4, 5, 6):
         args.append(ctx.x(i) if ctx.has_input(i) else "None")
     while args[-1] == "None":
         args.pop()
@@ -73,6 +81,9 @@ def attention(ctx):
         options += [f"q_heads={int(ctx.attr('q_num_heads'))}", f"kv_heads={int(ctx.attr('kv_num_heads'))}"]
     if ctx.attr("softcap", 0.0):
         options.append(f"softcap={ctx.lit(np.float32(ctx.attr('softcap')))}")
+    for side in ("left", "right"):
+        if ctx.attr(f"{side}_window_size", -1) != -1:
+            options.append(f"{side}_window={int(ctx.attr(f'{side}_window_size'))}")
     if ctx.attr("qk_matmul_output_mode", 0):
         options.append(f"qk_mode={int(ctx.attr('qk_matmul_output_mode'))}")
     call = f"{fn}({', '.join(args + options)})"

@@ -235,21 +235,41 @@ def constant_of_shape(ctx):
     return f"torch.full({ctx.x(0)}.tolist(), {ctx.lit(fill.reshape(-1)[0])}, dtype={dtype})"
 
 
+PAD = '''
+def pad(x, pads, axes=None, mode="constant", value=0.0):
+    # ONNX Pad with pads known at run time: [begin per axis..., end per axis...] -> F.pad's order.
+    pads = [int(p) for p in pads.tolist()]
+    axes = list(range(x.dim())) if axes is None else [int(a) % x.dim() for a in axes.tolist()]
+    begin, end = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
+    order = []
+    for a in reversed(range(x.dim())):
+        order += [begin.get(a, 0), end.get(a, 0)]
+    if mode != "constant":
+        return F.pad(x, order, mode=mode)
+    return F.pad(x, order, value=float(value))
+'''
+
+
+def _runtime_pad(ctx):
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
+        ctx.attr("mode", "constant"))
+    if mode is None:
+        raise Unsupported(f"mode {ctx.attr('mode')!r}")
+    fn = ctx.helper("pad", PAD)
+    args = [ctx.x(0), ctx.x(1), ctx.x(3) if ctx.has_input(3) else "None", repr(mode)]
+    if mode == "constant" and ctx.has_input(2):
+        args.append(f"{ctx.x(2)}.item()")
+    return f"{fn}({', '.join(args)})"
+
+
 @register_op("Pad", since=1)
 def pad(ctx):
     rank = ctx.rank(0)
     if ctx.opset < 11:
         pads, value = list(ctx.attr("pads" if ctx.opset >= 2 else "paddings")), float(ctx.attr("value", 0.0))
         axes = list(range(rank))
-    elif ctx.const(1) is None and not ctx.has_input(3):
-        value = f", value={ctx.x(2)}.item()" if ctx.has_input(2) else ""
-        mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
-            ctx.attr("mode", "constant"))
-        if mode is None:
-            raise Unsupported(f"mode {ctx.attr('mode')!r}")
-        pads = ctx.x(1)
-        order = f"{pads}.view(2, -1).t().flip(0).flatten().tolist()"
-        return f"F.pad({ctx.x(0)}, {order}, mode={mode!r}{value if mode == 'constant' else ''})"
+    elif ctx.const(1) is None:
+        return _runtime_pad(ctx)
     else:
         pads = _ints(ctx.require_const(1, "pads"))
         value_c = ctx.const(2) if ctx.has_input(2) else None

@@ -1,0 +1,178 @@
+"""Less common ops: windows, Det, BitCast, ReverseSequence, Col2Im, AffineGrid, MaxUnpool, Unique, DFT, ..."""
+from __future__ import annotations
+
+from ..errors import Unsupported
+from ..lower import Multi
+from ..registry import register_op
+from ._util import axis as norm_axis
+
+
+def _window(fn: str, extra: str = ""):
+    def handler(ctx):
+        dtype = ctx.torch_dtype(ctx.out_dtype(0))
+        periodic = bool(ctx.attr("periodic", 1))
+        return f"{fn}(int({ctx.x(0)}), periodic={periodic}{extra}, dtype={dtype})"
+
+    return handler
+
+
+register_op("HannWindow", since=17)(_window("torch.hann_window"))
+register_op("BlackmanWindow", since=17)(_window("torch.blackman_window"))
+register_op("HammingWindow", since=17)(_window("torch.hamming_window", ", alpha=25 / 46, beta=21 / 46"))
+
+
+@register_op("Det", since=11)
+def det(ctx):
+    return f"torch.linalg.det({ctx.x(0)})"
+
+
+@register_op("BitCast", since=26)
+def bit_cast(ctx):
+    src, dst = ctx.dtype(0), ctx.out_dtype(0)
+    if src is None or dst is None or src.itemsize != dst.itemsize:
+        raise Unsupported("a BitCast between types of different sizes")
+    return f"{ctx.x(0)}.view({ctx.torch_dtype(dst)})"
+
+
+REVERSE_SEQUENCE = '''
+def reverse_sequence(x, lengths, batch_axis, time_axis):
+    # Reverse the first lengths[b] steps along time_axis of every batch entry b.
+    out = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        index = [slice(None)] * x.dim()
+        index[batch_axis] = b
+        index[time_axis] = slice(0, n)
+        out[tuple(index)] = x[tuple(index)].flip(time_axis - (batch_axis < time_axis))
+    return out
+'''
+
+
+@register_op("ReverseSequence", since=10)
+def reverse_sequence(ctx):
+    fn = ctx.helper("reverse_sequence", REVERSE_SEQUENCE)
+    return f"{fn}({ctx.x(0)}, {ctx.x(1)}, {int(ctx.attr('batch_axis', 1))}, {int(ctx.attr('time_axis', 0))})"
+
+
+@register_op("Col2Im", since=18)
+def col2im(ctx):
+    image, block = ctx.const(1), ctx.const(2)
+    if image is None or block is None or len(image) != 2:
+        raise Unsupported("non-constant or non-2-d shapes")
+    n = 2
+    pads = list(ctx.attr("pads") or [0] * 2 * n)
+    if pads[:n] != pads[n:]:
+        raise Unsupported("asymmetric pads")
+    return (f"F.fold({ctx.x(0)}, {ctx.lit(tuple(int(v) for v in image))}, {ctx.lit(tuple(int(v) for v in block))}, "
+            f"dilation={ctx.lit(tuple(ctx.attr('dilations') or [1, 1]))}, padding={ctx.lit(tuple(pads[:n]))}, "
+            f"stride={ctx.lit(tuple(ctx.attr('strides') or [1, 1]))})")
+
+
+@register_op("AffineGrid", since=20)
+def affine_grid(ctx):
+    align = bool(ctx.attr("align_corners", 0))
+    size = ctx.const(1)
+    size = ctx.lit([int(v) for v in size]) if size is not None else f"{ctx.x(1)}.tolist()"
+    return f"F.affine_grid({ctx.x(0)}, {size}, align_corners={align})"
+
+
+@register_op("MaxUnpool", since=9)
+def max_unpool(ctx):
+    n = len(ctx.attr("kernel_shape"))
+    if n not in (1, 2, 3):
+        raise Unsupported(f"{n}-d MaxUnpool")
+    pads = list(ctx.attr("pads") or [0] * 2 * n)
+    if pads[:n] != pads[n:]:
+        raise Unsupported("asymmetric pads")
+    size = ""
+    if ctx.has_input(2):
+        size = f", output_size={ctx.x(2)}.tolist()[2:]"
+    return (f"F.max_unpool{n}d({ctx.x(0)}, {ctx.x(1)}, {ctx.lit(tuple(ctx.attr('kernel_shape')))}, "
+            f"stride={ctx.lit(tuple(ctx.attr('strides') or [1] * n))}, padding={ctx.lit(tuple(pads[:n]))}{size})")
+
+
+UNIQUE = '''
+def unique(x, axis=None, sort=True):
+    # ONNX Unique: values, index of first occurrence, inverse indices, counts.
+    flat = x.flatten() if axis is None else x
+    values, inverse, counts = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True,
+                                           dim=axis)
+    positions = torch.arange(inverse.numel(), device=x.device)
+    first = torch.full((values.shape[0 if axis is None else axis],), inverse.numel(), device=x.device,
+                       dtype=torch.int64).scatter_reduce(0, inverse, positions, "amin")
+    if not sort:
+        order = torch.argsort(first)
+        rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
+        values = values.index_select(0 if axis is None else axis, order)
+        first, counts, inverse = first[order], counts[order], rank[inverse]
+    return values, first, inverse, counts
+'''
+
+
+@register_op("Unique", since=11)
+def unique(ctx):
+    fn = ctx.helper("unique", UNIQUE)
+    axis = ctx.attr("axis")
+    axis = "None" if axis is None else str(norm_axis(ctx, int(axis), ctx.rank(0)))
+    sort = bool(ctx.attr("sorted", 1))
+    n = len(ctx.node.outputs)
+    call = f"{fn}({ctx.x(0)}, {axis}, {sort})"
+    return Multi(call if n == 4 else f"{call}[:{n}]") if n > 1 else f"{call}[0]"
+
+
+DFT = '''
+def dft(x, length=None, axis=1, inverse=False, onesided=False):
+    # ONNX DFT: the last dimension holds (real,) or (real, imaginary).
+    signal = torch.view_as_complex(x.contiguous()) if x.shape[-1] == 2 else x[..., 0].to(torch.complex64)
+    axis = axis % (x.dim() - 1)
+    if inverse:
+        y = torch.fft.ifft(signal, n=length, dim=axis)
+    else:
+        y = torch.fft.fft(signal, n=length, dim=axis)
+    if onesided:
+        y = y.narrow(axis, 0, y.shape[axis] // 2 + 1)
+    return torch.view_as_real(y).to(x.dtype)
+'''
+
+
+@register_op("DFT", since=17)
+def dft(ctx):
+    fn = ctx.helper("dft", DFT)
+    length = f"int({ctx.x(1)})" if ctx.has_input(1) else "None"
+    if ctx.opset >= 20:
+        axis = f"int({ctx.x(2)})" if ctx.has_input(2) else "-2"
+    else:
+        axis = str(int(ctx.attr("axis", 1)))
+    return (f"{fn}({ctx.x(0)}, {length}, {axis}, inverse={bool(ctx.attr('inverse', 0))}, "
+            f"onesided={bool(ctx.attr('onesided', 0))})")
+
+
+@register_op("Scatter", since=9)
+def scatter(ctx):
+    a = norm_axis(ctx, int(ctx.attr("axis", 0)), ctx.rank(0))
+    x, idx = ctx.x(0), ctx.x(1)
+    return f"{x}.scatter({a}, torch.where({idx} < 0, {idx} + {x}.shape[{a}], {idx}), {ctx.x(2)})"
+
+
+@register_op("CenterCropPad", since=18)
+def center_crop_pad(ctx):
+    shape = ctx.const(1)
+    if shape is None:
+        raise Unsupported("a non-constant shape")
+    axes = ctx.attr("axes") or list(range(ctx.rank(0)))
+    rank = ctx.rank(0)
+    in_shape = ctx.shape(0)
+    expr = ctx.x(0)
+    for a, target in zip(axes, [int(v) for v in shape]):
+        a %= rank
+        size = in_shape[a] if in_shape else None
+        if not isinstance(size, int):
+            raise Unsupported("an input dimension of unknown size")
+        if size > target:
+            start = (size - target) // 2
+            expr = f"{expr}.narrow({a}, {start}, {target})"
+        elif size < target:
+            before = (target - size) // 2
+            pads = [0, 0] * (rank - 1 - a) + [before, target - size - before]
+            expr = f"F.pad({expr}, {ctx.lit(tuple(pads))})"
+    return expr
+
