@@ -44,6 +44,8 @@ def _to_torch(x):
     """numpy (including ml_dtypes' bfloat16 and float8) to torch, bit for bit."""
     if isinstance(x, onnx.TensorProto):
         x = onnx.numpy_helper.to_array(x)
+    if isinstance(x, np.generic):
+        x = np.array(x)
     if not isinstance(x, np.ndarray):
         return x
     name = x.dtype.name

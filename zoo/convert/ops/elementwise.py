@@ -23,11 +23,24 @@ _UNARY = {
 }
 
 
+# PyTorch implements little arithmetic for uint16/uint32: compute in int64 (exact for them), cast back.
+_WIDEN = {"uint16", "uint32"}
+
+
+def _widened(ctx, template: str, a: str, b: str) -> str:
+    dtype = ctx.dtype(0)
+    if dtype is None or dtype.name not in _WIDEN:
+        return template.format(a=a, b=b)
+    expr = template.format(a=f"{a}.to(torch.int64)", b=f"{b}.to(torch.int64)")
+    out = ctx.out_dtype(0)
+    return f"({expr}).to({ctx.torch_dtype(out)})" if out is not None and out.kind != "b" else expr
+
+
 def _binary(template: str):
     def handler(ctx):
         if ctx.opset < 7 and ctx.attr("broadcast", 0):
             raise Unsupported("legacy broadcast attribute (opset < 7)")
-        return template.format(a=ctx.operand(0, like=1), b=ctx.operand(1, like=0))
+        return _widened(ctx, template, ctx.operand(0, like=1), ctx.operand(1, like=0))
 
     return handler
 
@@ -42,7 +55,7 @@ for _op, _template in _UNARY.items():
 def div(ctx):
     a, b = ctx.operand(0, like=1), ctx.operand(1, like=0)
     if ctx.dtype(0) is not None and ctx.dtype(0).kind in "iu":
-        return f"torch.div({a}, {b}, rounding_mode='trunc')"
+        return _widened(ctx, "torch.div({a}, {b}, rounding_mode='trunc')", a, b)
     return f"{a} / {b}"
 
 
@@ -57,7 +70,7 @@ def power(ctx):
 @register_op("Mod", since=10)
 def mod(ctx):
     fn = "torch.fmod" if ctx.attr("fmod", 0) else "torch.remainder"
-    return f"{fn}({ctx.x(0)}, {ctx.operand(1, like=0)})"
+    return _widened(ctx, fn + "({a}, {b})", ctx.x(0), ctx.operand(1, like=0))
 
 
 @register_op("IsInf", since=10)
@@ -79,10 +92,11 @@ def total(ctx):
 
 def _variadic(fn: str):
     def handler(ctx):
-        expr = ctx.x(0)
+        widen = ctx.dtype(0) is not None and ctx.dtype(0).name in _WIDEN
+        expr = ctx.x(0) + (".to(torch.int64)" if widen else "")
         for i in range(1, ctx.num_inputs):
-            expr = f"{fn}({expr}, {ctx.x(i)})"
-        return expr
+            expr = f"{fn}({expr}, {ctx.x(i)}{'.to(torch.int64)' if widen else ''})"
+        return f"{expr}.to({ctx.torch_dtype(ctx.dtype(0))})" if widen else expr
 
     return handler
 

@@ -55,14 +55,15 @@ def reverse_sequence(ctx):
 
 @register_op("Col2Im", since=18)
 def col2im(ctx):
-    image, block = ctx.const(1), ctx.const(2)
-    if image is None or block is None or len(image) != 2:
-        raise Unsupported("non-constant or non-2-d shapes")
     n = 2
+    if (ctx.shape(1) or (0,))[0] != 2:
+        raise Unsupported("a non-2-d image")
     pads = list(ctx.attr("pads") or [0] * 2 * n)
     if pads[:n] != pads[n:]:
         raise Unsupported("asymmetric pads")
-    return (f"F.fold({ctx.x(0)}, {ctx.lit(tuple(int(v) for v in image))}, {ctx.lit(tuple(int(v) for v in block))}, "
+    image, block = (ctx.lit(tuple(int(v) for v in ctx.const(i))) if ctx.const(i) is not None
+                    else f"tuple({ctx.x(i)}.tolist())" for i in (1, 2))
+    return (f"F.fold({ctx.x(0)}, {image}, {block}, "
             f"dilation={ctx.lit(tuple(ctx.attr('dilations') or [1, 1]))}, padding={ctx.lit(tuple(pads[:n]))}, "
             f"stride={ctx.lit(tuple(ctx.attr('strides') or [1, 1]))})")
 
@@ -153,11 +154,27 @@ def scatter(ctx):
     return f"{x}.scatter({a}, torch.where({idx} < 0, {idx} + {x}.shape[{a}], {idx}), {ctx.x(2)})"
 
 
+CENTER_CROP_PAD = '''
+def center_crop_pad(x, shape, axes):
+    # Crop or zero-pad each listed axis to the target size, centred.
+    for a, target in zip(axes, shape.tolist()):
+        a %= x.dim()
+        size = x.shape[a]
+        if size > target:
+            x = x.narrow(a, (size - target) // 2, target)
+        elif size < target:
+            before = (target - size) // 2
+            x = F.pad(x, [0, 0] * (x.dim() - 1 - a) + [before, target - size - before])
+    return x
+'''
+
+
 @register_op("CenterCropPad", since=18)
 def center_crop_pad(ctx):
     shape = ctx.const(1)
-    if shape is None:
-        raise Unsupported("a non-constant shape")
+    if shape is None or ctx.shape(0) is None or not all(isinstance(d, int) for d in ctx.shape(0)):
+        fn = ctx.helper("center_crop_pad", CENTER_CROP_PAD)
+        return f"{fn}({ctx.x(0)}, {ctx.x(1)}, {ctx.lit(tuple(ctx.attr('axes') or range(ctx.rank(0))))})"
     axes = ctx.attr("axes") or list(range(ctx.rank(0)))
     rank = ctx.rank(0)
     in_shape = ctx.shape(0)

@@ -57,11 +57,20 @@ def _reduce(op: str):
     return handler
 
 
+REDUCE_PROD = '''
+def reduce_prod(x, dims, keepdim):
+    # torch.prod reduces one dimension at a time.
+    for d in sorted((d % x.dim() for d in dims), reverse=True):
+        x = torch.prod(x, dim=d, keepdim=keepdim)
+    return x
+'''
+
+
 def _runtime_axes(ctx, template):
     """Axes known only at run time (a graph input): empty means all axes, or none with noop_with_empty_axes."""
-    if template is None:
-        raise Unsupported("ReduceProd over non-constant axes")
     x, axes = ctx.x(0), ctx.x(1)
+    if template is None:
+        template = ctx.helper("reduce_prod", REDUCE_PROD) + "({x}, {dims}, {keep})"
     keep = bool(ctx.attr("keepdims", 1))
     dims = f"tuple({axes}.tolist()) or tuple(range({x}.dim()))"
     expr = template.format(x=x, dims=f"({dims})", keep=keep)

@@ -48,12 +48,21 @@ def _interpolate(ctx, scales, sizes, mode, transform, nearest_mode, cubic_a, exc
     return f"F.interpolate({x}, {how}, mode={torch_mode!r}{extra})"
 
 
+def _antialiased(ctx, scales, sizes, mode, transform, cubic_a):
+    """PyTorch's antialiased bilinear/bicubic (PIL's filters, bicubic with a=-0.5) for 4-d inputs."""
+    if ctx.rank(0) != 4 or transform != "half_pixel" or mode not in ("linear", "cubic") or \
+            (mode == "cubic" and abs(cubic_a + 0.5) > 1e-6):
+        raise Unsupported("antialiasing other than PyTorch's bilinear/bicubic")
+    expr = _interpolate(ctx, scales, sizes, mode, transform, "round_prefer_floor", -0.75, 0)
+    return expr[:-1] + ", antialias=True)"
+
+
 @register_op("Resize", since=10)
 def resize(ctx):
     rank = ctx.rank(0)
-    if ctx.opset >= 18 and (ctx.attr("antialias", 0) or ctx.attr("axes") is not None
+    if ctx.opset >= 18 and (ctx.attr("axes") is not None
                             or ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch"):
-        raise Unsupported("antialias, axes or keep_aspect_ratio_policy")
+        raise Unsupported("axes or keep_aspect_ratio_policy")
     if ctx.opset < 11:
         scales, sizes = ctx.require_const(1, "scales"), None
     else:
@@ -70,6 +79,9 @@ def resize(ctx):
     if sizes is not None:
         sizes = [int(s) for s in sizes.reshape(-1)]
     transform = ctx.attr("coordinate_transformation_mode", "half_pixel") if ctx.opset >= 11 else "asymmetric"
+    if ctx.opset >= 18 and ctx.attr("antialias", 0):
+        return _antialiased(ctx, scales, sizes, ctx.attr("mode", "nearest"), transform,
+                            float(ctx.attr("cubic_coeff_a", -0.75)))
     return _interpolate(ctx, scales, sizes, ctx.attr("mode", "nearest"), transform,
                         ctx.attr("nearest_mode", "round_prefer_floor") if ctx.opset >= 11 else "floor",
                         float(ctx.attr("cubic_coeff_a", -0.75)), int(ctx.attr("exclude_outside", 0)))

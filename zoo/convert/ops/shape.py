@@ -165,6 +165,17 @@ def slice_(ctx):
     return f"{ctx.x(0)}[{', '.join(index)}]"
 
 
+SLICE = '''
+def slice_axes(x, starts, ends, axes, steps=None):
+    # ONNX Slice with every argument known only at run time.
+    index = [slice(None)] * x.dim()
+    steps = [1] * len(axes) if steps is None else steps.tolist()
+    for s, e, a, st in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps):
+        index[a % x.dim()] = slice(s, e, st)
+    return x[tuple(index)]
+'''
+
+
 def _runtime_slice(ctx, rank):
     """starts/ends/axes/steps given at run time: one slice per entry, their count known from the shape."""
     count = (ctx.shape(1) or (None,))[0]
@@ -172,7 +183,9 @@ def _runtime_slice(ctx, rank):
         raise Unsupported("a Slice whose number of axes is unknown")
     axes = ctx.const(3) if ctx.has_input(3) else np.arange(count)
     if axes is None:
-        raise Unsupported("non-constant axes")
+        fn = ctx.helper("slice_axes", SLICE)
+        steps = ctx.x(4) if ctx.has_input(4) else "None"
+        return f"{fn}({ctx.x(0)}, {ctx.x(1)}, {ctx.x(2)}, {ctx.x(3)}, {steps})"
     index = [":"] * rank
     for i, a in enumerate(_ints(axes)):
         step = f":int({ctx.x(4)}[{i}])" if ctx.has_input(4) else ""
