@@ -137,3 +137,39 @@ def dequantize_linear(ctx):
     if ctx.has_input(2):
         x = f"({x} - {_per_axis(ctx, ctx.x(2), 2, axis)}.to(torch.float32))"
     return f"({x} * {_per_axis(ctx, ctx.x(1), 1, axis)}).to({dtype})"
+
+
+ROTARY = '''
+def rotary_embedding(x, cos, sin, position_ids=None, *, interleaved=False, num_heads=0, rotary_dim=0):
+    # ONNX RotaryEmbedding on (batch, heads, seq, head) or (batch, seq, heads * head) inputs.
+    shape = x.shape
+    x = x.transpose(1, 2) if x.dim() == 4 else x.unflatten(-1, (num_heads, -1))
+    rotary_dim = rotary_dim or x.shape[-1]
+    rotate, keep = x[..., :rotary_dim], x[..., rotary_dim:]
+    if position_ids is not None:
+        cos, sin = cos[position_ids], sin[position_ids]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    if interleaved:
+        x1, x2 = rotate[..., 0::2], rotate[..., 1::2]
+    else:
+        x1, x2 = rotate.chunk(2, dim=-1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    if interleaved:
+        rotate = torch.stack([real, imag], dim=-1).reshape(rotate.shape)
+    else:
+        rotate = torch.cat([real, imag], dim=-1)
+    out = torch.cat([rotate, keep], dim=-1)
+    return out.reshape(shape) if len(shape) == 3 else out.transpose(1, 2)
+'''
+
+
+@register_op("RotaryEmbedding", since=23)
+def rotary_embedding(ctx):
+    fn = ctx.helper("rotary_embedding", ROTARY)
+    args = [ctx.x(0), ctx.x(1), ctx.x(2)] + ([ctx.x(3)] if ctx.has_input(3) else [])
+    options = [f"interleaved={bool(ctx.attr('interleaved', 0))}"]
+    if ctx.attr("num_heads"):
+        options.append(f"num_heads={int(ctx.attr('num_heads'))}")
+    if ctx.attr("rotary_embedding_dim"):
+        options.append(f"rotary_dim={int(ctx.attr('rotary_embedding_dim'))}")
+    return f"{fn}({', '.join(args + options)})"

@@ -105,6 +105,13 @@ register_op("ArgMax", since=1)(_arg("argmax"))
 register_op("ArgMin", since=1)(_arg("argmin"))
 
 
+TOPK = '''
+def topk(x, k, dim, largest):
+    values, indices = torch.sort(x, dim=dim, descending=largest, stable=True)
+    return values.narrow(dim, 0, k), indices.narrow(dim, 0, k)
+'''
+
+
 @register_op("TopK", since=1)
 def topk(ctx):
     from ..lower import Multi
@@ -114,7 +121,9 @@ def topk(ctx):
     k = ctx.attr("k") if ctx.opset < 10 else ctx.const(1)
     k = ctx.lit(int(np.asarray(k).reshape(-1)[0])) if k is not None else f"int({ctx.x(1)}[0])"
     largest = bool(ctx.attr("largest", 1))
-    return Multi(f"torch.topk({ctx.x(0)}, {k}, dim={a}, largest={largest}, sorted=True)")
+    # A stable sort keeps ONNX's rule that, among equal values, the lower index comes first.
+    fn = ctx.helper("topk", TOPK)
+    return Multi(f"{fn}({ctx.x(0)}, {k}, {a}, {largest})")
 
 
 @register_op("CumSum", since=11)

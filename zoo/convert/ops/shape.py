@@ -228,16 +228,16 @@ def split(ctx):
 
 
 @register_op("Cast", since=1)
+@register_op("CastLike", since=15)
 def cast(ctx):
     to = ctx.out_dtype(0)
     if to is None:
         raise Unsupported("unknown target type")
+    if to.name.startswith("float8") and ctx.attr("saturate", 1):
+        # ONNX saturates out-of-range values to the largest finite float8; PyTorch's cast does not.
+        limit = f"torch.finfo({ctx.torch_dtype(to)}).max"
+        return f"{ctx.x(0)}.clamp(-{limit}, {limit}).to({ctx.torch_dtype(to)})"
     return f"{ctx.x(0)}.to({ctx.torch_dtype(to)})"
-
-
-@register_op("CastLike", since=15)
-def cast_like(ctx):
-    return f"{ctx.x(0)}.to({ctx.x(1)}.dtype)"
 
 
 @register_op("ConstantOfShape", since=9)
