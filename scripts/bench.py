@@ -1,6 +1,14 @@
-"""Benchmarks, side by side in one run. For now: conversion time per zoo graph (median of --repeat runs).
+"""Benchmarks, side by side in one run, peers interleaved, medians reported.
 
-    python scripts/bench.py [--repeat 5] [--json out/bench.json]
+    python scripts/bench.py [--repeat 5] [--batch-sizes 1 32] [--device cpu|cuda] [--json out/bench.json]
+
+For each zoo model (built from its stand-in graph: speed does not depend on weight values):
+- conversion time, zoo.convert vs onnx2torch (where installed and able to convert);
+- inference latency per batch size: the generated module (eager), the same with zoo.fuse (BatchNorm folded,
+  channels_last), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
+  and onnx2torch's module;
+- time to load the weights from a local safetensors file (what a warm Hub cache costs);
+- peak traced memory (tracemalloc) of one conversion.
 """
 from __future__ import annotations
 
@@ -11,41 +19,156 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+import torchvision
 
-from zoo.convert import convert
-from zoo.standins import build_standin
+warnings.filterwarnings("ignore")
 
-GRAPHS = [("squeezenet", "squeezenet1_1", "r65"), ("densenet121", "densenet121", "fc6_1"),
-          ("resnet50", "resnet50", "r174"), ("inception_v1", "googlenet", "r143")]
+import zoo  # noqa: E402
+from zoo.build import prepare_graph  # noqa: E402
+from zoo.convert import convert  # noqa: E402
+from zoo.registry import load_registry  # noqa: E402
+from zoo.standins import build_standin  # noqa: E402
+
+TORCHVISION = {"squeezenet1_1": "squeezenet1_1", "densenet121": "densenet121", "resnet50": "resnet50",
+               "googlenet": "googlenet"}
+
+
+def _median_time(fn, repeat: int, sync) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _onnx2torch():
+    try:
+        import onnx2torch
+
+        return onnx2torch.convert
+    except ImportError:
+        return None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="zoo benchmarks")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--models", nargs="+", default=list(TORCHVISION))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--json", type=Path, default=Path("out/bench.json"))
     args = parser.parse_args(argv)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                          f"python {platform.python_version()}, torch {torch.__version__}", "convert_s": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = {name: (build_standin(graph, Path(tmp) / f"{name}.onnx"), logits) for graph, name, logits in GRAPHS}
-        times: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.repeat):  # interleaved, so noise on the machine hits every model alike
-            for name, (path, logits) in paths.items():
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    o2t = _onnx2torch()
+    registry = load_registry()
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}, "
+               f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
+    results: dict = {"machine": machine, "device": args.device, "models": {}}
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        tmp = Path(tmp)
+        for name in args.models:
+            entry = registry[name]
+            raw = build_standin(entry.source.standin, tmp / f"{name}-raw.onnx")
+            onnx_path = prepare_graph(raw, entry.logits, tmp / f"{name}.onnx")
+            row: dict = {}
+            # conversion, interleaved with the peer
+            zoo_t, peer_t = [], []
+            for _ in range(args.repeat):
                 start = time.perf_counter()
-                convert(path, Path(tmp) / "out", name=name, outputs=[logits])
-                times[name].append(time.perf_counter() - start)
-    print(f"conversion time, median of {args.repeat} ({results['machine']})")
-    for name, ts in times.items():
-        results["convert_s"][name] = statistics.median(ts)
-        print(f"  {name:<14} {statistics.median(ts):6.2f} s")
-    total = sum(results["convert_s"].values())
-    print(f"  {'all four':<14} {total:6.2f} s")
+                result = convert(onnx_path, tmp / "out", name=name, classifier=entry.classifier)
+                zoo_t.append(time.perf_counter() - start)
+                if o2t is not None:
+                    start = time.perf_counter()
+                    try:
+                        o2t(str(onnx_path))
+                        peer_t.append(time.perf_counter() - start)
+                    except Exception as exc:  # noqa: BLE001
+                        row["onnx2torch_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+            row["convert_s"] = statistics.median(zoo_t)
+            row["onnx2torch_convert_s"] = statistics.median(peer_t) if peer_t else None
+            tracemalloc.start()
+            convert(onnx_path, tmp / "out-mem", name=name, classifier=entry.classifier)
+            row["convert_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            row["load_weights_s"] = _median_time(
+                lambda: zoo.create_model(name, pretrained=result.weights_path), args.repeat, lambda: None)
+
+            generated = zoo.create_model(name, pretrained=result.weights_path).eval().to(device)
+            candidates = {
+                "zoo": generated,
+                "zoo+fuse": zoo.fuse(generated),
+                "torchvision": getattr(torchvision.models, TORCHVISION[name])(
+                    **({"aux_logits": False, "init_weights": False} if name == "googlenet" else {})).eval().to(device),
+            }
+            if o2t is not None and "onnx2torch_error" not in row:
+                candidates["onnx2torch"] = o2t(str(onnx_path)).eval().to(device)
+            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]) \
+                if device.type == "cpu" else None
+            for batch in args.batch_sizes:
+                x = torch.randn(batch, 3, 224, 224, device=device)
+                feed = {session.get_inputs()[0].name: x.cpu().numpy()} if session else None
+                timings: dict[str, list[float]] = {k: [] for k in candidates}
+                if session is not None:
+                    timings["onnxruntime"] = []
+                runnable = dict(candidates)
+                for k, module in list(runnable.items()):  # warm up; drop what cannot run this batch
+                    try:
+                        module(x)
+                    except Exception as exc:  # noqa: BLE001 - e.g. onnx2torch's hard-coded batch 1
+                        row.setdefault("errors", {})[f"{k}@{batch}"] = f"{type(exc).__name__}: {str(exc)[:100]}"
+                        del runnable[k]
+                        timings.pop(k)
+                if session is not None:
+                    try:
+                        session.run(None, feed)
+                    except Exception as exc:  # noqa: BLE001 - the graph hard-codes batch 1
+                        row.setdefault("errors", {})[f"onnxruntime@{batch}"] = f"{type(exc).__name__}"
+                        timings.pop("onnxruntime")
+                for _ in range(args.repeat):
+                    for k, module in runnable.items():
+                        start = time.perf_counter()
+                        module(x)
+                        sync()
+                        timings[k].append(time.perf_counter() - start)
+                    if "onnxruntime" in timings:
+                        start = time.perf_counter()
+                        session.run(None, feed)
+                        timings["onnxruntime"].append(time.perf_counter() - start)
+                row[f"latency_ms@{batch}"] = {k: statistics.median(v) * 1000 for k, v in timings.items()}
+            results["models"][name] = row
+            print(f"{name}: {json.dumps(row, default=float)}", file=sys.stderr)
+
+    print(f"\n{machine}; median of {args.repeat}, inference in torch.inference_mode on {args.device}\n")
+    print(f"{'model':<14} {'convert s':>9} {'o2t s':>7} {'peak MB':>8} {'load s':>7}")
+    for name, row in results["models"].items():
+        o2t_s = f"{row['onnx2torch_convert_s']:.2f}" if row["onnx2torch_convert_s"] else "-"
+        print(f"{name:<14} {row['convert_s']:>9.2f} {o2t_s:>7} {row['convert_peak_mb']:>8.0f} {row['load_weights_s']:>7.2f}")
+    total = sum(r["convert_s"] for r in results["models"].values())
+    print(f"{'all':<14} {total:>9.2f}\n")
+    columns = ["zoo", "zoo+fuse", "torchvision", "onnxruntime", "onnx2torch"]
+    for batch in args.batch_sizes:
+        print(f"latency ms @ batch {batch}: " + "  ".join(f"{c:>11}" for c in columns)
+              + "   zoo/tv  fuse/ort")
+        for name, row in results["models"].items():
+            lat = row[f"latency_ms@{batch}"]
+            cells = "  ".join(f"{lat[c]:>11.1f}" if c in lat else f"{'-':>11}" for c in columns)
+            ratio_tv = f"{lat['zoo'] / lat['torchvision']:.2f}" if "torchvision" in lat else "-"
+            ratio_ort = f"{lat['zoo+fuse'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat else "-"
+            print(f"  {name:<22} {cells}   {ratio_tv:>6}  {ratio_ort:>8}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2, default=float))
     return 0
 
 

@@ -8,11 +8,12 @@
 __version__ = "0.1.0"
 
 from .factory import WeightsError, ZooModel, constructors, create_model, list_models  # noqa: E402
+from .fuse import fuse  # noqa: E402
 from .preprocess import labels, transforms  # noqa: E402
 from .registry import RegistryError  # noqa: E402
 
 # One constructor per registry entry (zoo.squeezenet1_1, zoo.densenet121, ...): no hand-written Python.
 globals().update(constructors())
 
-__all__ = ["create_model", "list_models", "transforms", "labels", "ZooModel", "WeightsError", "RegistryError",
+__all__ = ["create_model", "list_models", "fuse", "transforms", "labels", "ZooModel", "WeightsError", "RegistryError",
            *constructors()]
