@@ -107,7 +107,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _replace_dir(staged: Path, final: Path) -> None:
-    """Swap a finished folder into place; a crash leaves the old or the new one (see _recover)."""
+    """Swap a finished folder into place (old -> .old, staged -> final, drop .old)."""
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -117,10 +117,46 @@ def _replace_dir(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _recover(final: Path) -> None:
-    old = final.with_name(f".{final.name}.old")
-    if not final.exists() and old.exists():
-        os.replace(old, final)
+def _commit(staging: Path, source_py: Path, staged_py: Path, final: Path) -> None:
+    """Install a model's source and output folder together.
+
+    Writing the journal (atomically) is the commit point: before it, nothing changed and a re-run starts
+    over; after it, a re-run (see :func:`recover`) finishes the installation. A killed build therefore
+    leaves each model old or new, never a new source beside old weights.
+    """
+    journal = staging / "COMMIT"
+    _write_atomic(journal, json.dumps({"source_py": str(source_py), "staged_py": str(staged_py),
+                                       "final": str(final)}).encode())
+    _roll_forward(staging)
+
+
+def _roll_forward(staging: Path) -> None:
+    plan = json.loads((staging / "COMMIT").read_text())
+    staged_py, source_py, final = Path(plan["staged_py"]), Path(plan["source_py"]), Path(plan["final"])
+    if staged_py.exists():
+        os.replace(staged_py, source_py)
+    if (staging / "folder").exists():
+        _replace_dir(staging / "folder", final)
+    shutil.rmtree(staging)
+
+
+def recover(out: Path) -> None:
+    """Finish committed installs and drop uncommitted leftovers of a build that was killed."""
+    if not out.is_dir():
+        return
+    for staging in sorted(out.glob(".commit-*")):
+        if (staging / "COMMIT").is_file():
+            _roll_forward(staging)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+    for old in out.glob(".*.old"):
+        final = old.with_name(old.name[1:-len(".old")])
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    for work in out.glob(".build-*"):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def converter_digest() -> str:
@@ -188,7 +224,6 @@ def prepare_graph(onnx_path: Path, logits: str, out_path: Path) -> Path:
 def build_entry(entry: Entry, opts: Options) -> Result:
     final = opts.out / entry.name
     source_py = opts.models_dir / f"{entry.name}.py"
-    _recover(final)
     key = fingerprint(entry, opts.offline)
     stamp = final / "build.json"
     if not opts.force and stamp.is_file() and source_py.is_file():
@@ -218,8 +253,9 @@ def build_entry(entry: Entry, opts: Options) -> Result:
         config = make_config(entry, class_name=result.class_name, standin=standin,
                              source_sha256=file_sha256(onnx_path), converter_version=__version__,
                              verification=verification)
-        staged = work / entry.name
-        staged.mkdir()
+        staging = opts.out / f".commit-{entry.name}-{uuid.uuid4().hex[:8]}"
+        staged = staging / "folder"
+        staged.mkdir(parents=True)
         os.replace(result.weights_path, staged / "model.safetensors")
         (staged / "config.json").write_text(dumps(config))
         (staged / "README.md").write_text(make_card(entry, config))
@@ -228,8 +264,9 @@ def build_entry(entry: Entry, opts: Options) -> Result:
             "fingerprint": key, "source_py_sha256": hashlib.sha256(source).hexdigest(), "standin": standin,
             "worst_error": report.worst, "weights_sha256": file_sha256(staged / "model.safetensors")}))
         opts.models_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(source_py, source)
-        _replace_dir(staged, final)
+        staged_py = opts.models_dir / f".{entry.name}.py.staged"
+        staged_py.write_bytes(source)
+        _commit(staging, source_py, staged_py, final)
     return Result(entry.name, "built", final, report.worst)
 
 
@@ -254,6 +291,7 @@ def build(opts: Options) -> list[Result]:
     if unknown:
         raise BuildError(f"unknown model(s) {', '.join(unknown)}; the registry has {', '.join(registry)}")
     entries = [registry[n] for n in (opts.names or registry)]
+    recover(opts.out)
     opts.models_dir.mkdir(parents=True, exist_ok=True)
     init = opts.models_dir / "__init__.py"
     if not init.is_file() or init.read_text() != MODELS_INIT:

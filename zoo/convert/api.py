@@ -157,7 +157,15 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     name = sanitize(name) if name else _default_name(path)
     if not name:
         raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
-    compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier)
+    try:
+        compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier)
+    except ConversionError:
+        raise
+    except RecursionError as exc:
+        raise ConversionError(f"{path}: the graph is too deeply nested to convert") from exc
+    except Exception as exc:  # a malformed graph we did not anticipate: still the one documented error type
+        raise ConversionError(f"{path}: cannot convert ({type(exc).__name__}: {exc}); if the file is valid ONNX, "
+                              "please report this") from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source_path, weights_path = out / f"{name}.py", out / f"{name}.safetensors"

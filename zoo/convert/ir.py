@@ -59,7 +59,7 @@ class Graph:
     opsets: dict[str, int]
     source: LoadedModel
     producer: str = ""
-    static_batch_inputs: set[str] = field(default_factory=set)
+    static_batch_inputs: dict[str, int] = field(default_factory=dict)  # input -> its fixed batch size
 
     def value(self, name: str) -> Value:
         if name not in self.values:
@@ -108,18 +108,18 @@ def _dims(type_proto: onnx.TypeProto) -> tuple[tuple[Dim, ...] | None, np.dtype 
     return tuple(dims), dtype
 
 
-def _with_symbolic_batch(proto: onnx.ModelProto, runtime_inputs: list[str]) -> tuple[onnx.ModelProto, set[str]]:
+def _with_symbolic_batch(proto: onnx.ModelProto, runtime_inputs: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Copy of the model whose runtime inputs have a symbolic first dimension; returns which were static."""
     model = copy.copy(proto)
     model.CopyFrom(proto)
-    static = set()
+    static: dict[str, int] = {}
     for inp in model.graph.input:
         if inp.name not in runtime_inputs or not inp.type.HasField("tensor_type"):
             continue
         dims = inp.type.tensor_type.shape.dim
         if len(dims) >= 2:
             if dims[0].HasField("dim_value"):
-                static.add(inp.name)
+                static[inp.name] = dims[0].dim_value
             dims[0].Clear()
             dims[0].dim_param = BATCH
     return model, static

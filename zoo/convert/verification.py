@@ -116,7 +116,11 @@ def verify(onnx_path: str | os.PathLike, module: torch.nn.Module, *, batch_sizes
                 shape = ((batch,) + tuple(value.shape[1:])) if value.shape and value.shape[0] == BATCH \
                     else tuple(value.shape)
                 feeds[name] = _random_input(shape, value.dtype or np.dtype(np.float32), rng)
-            per_sample = batch > 1 and any(n in graph.static_batch_inputs for n in feeds)
+            fixed = {graph.static_batch_inputs.get(n) for n in feeds} - {None}
+            if fixed - {1, batch}:
+                raise ConversionError(f"{onnx_path}: the graph fixes the batch size at {sorted(fixed)}; "
+                                      f"cannot verify batch {batch}")
+            per_sample = batch > 1 and 1 in fixed
             if not per_sample:
                 try:
                     reference = session.run(outputs, feeds)

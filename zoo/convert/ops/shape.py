@@ -37,8 +37,10 @@ def reshape(ctx):
 def flatten(ctx):
     rank = ctx.rank(0)
     ax = int(ctx.attr("axis", 1))
-    ax = ax % rank if rank else 0
+    ax = ax + rank if ax < 0 else ax
     x = ctx.x(0)
+    if ax == rank:
+        return f"{x}.reshape(-1, 1)"
     if ax == 0:
         return f"{x}.reshape(1, -1)"
     if ax == 1:
