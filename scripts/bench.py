@@ -113,8 +113,13 @@ def main(argv=None) -> int:
             }
             if o2t is not None and "onnx2torch_error" not in row:
                 candidates["onnx2torch"] = o2t(str(onnx_path)).eval().to(device)
-            session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]) \
-                if device.type == "cpu" else None
+            session = None
+            if device.type == "cpu":
+                options = ort.SessionOptions()
+                # Spinning worker threads would steal the cores from whichever module runs next.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                options.intra_op_num_threads = torch.get_num_threads()
+                session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
             for batch in args.batch_sizes:
                 x = torch.randn(batch, 3, 224, 224, device=device)
                 feed = {session.get_inputs()[0].name: x.cpu().numpy()} if session else None
@@ -135,16 +140,16 @@ def main(argv=None) -> int:
                     except Exception as exc:  # noqa: BLE001 - the graph hard-codes batch 1
                         row.setdefault("errors", {})[f"onnxruntime@{batch}"] = f"{type(exc).__name__}"
                         timings.pop("onnxruntime")
-                for _ in range(args.repeat):
-                    for k, module in runnable.items():
+                runners = {k: (lambda m=m: m(x)) for k, m in runnable.items()}
+                if "onnxruntime" in timings:
+                    runners["onnxruntime"] = lambda: session.run(None, feed)
+                order = list(runners)
+                for r in range(args.repeat):  # rotate the order so no runner always follows the same one
+                    for k in order[r % len(order):] + order[:r % len(order)]:
                         start = time.perf_counter()
-                        module(x)
+                        runners[k]()
                         sync()
                         timings[k].append(time.perf_counter() - start)
-                    if "onnxruntime" in timings:
-                        start = time.perf_counter()
-                        session.run(None, feed)
-                        timings["onnxruntime"].append(time.perf_counter() - start)
                 row[f"latency_ms@{batch}"] = {k: statistics.median(v) * 1000 for k, v in timings.items()}
             results["models"][name] = row
             print(f"{name}: {json.dumps(row, default=float)}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """scripts/build.py: offline build, reproducible sources, incremental skip, a fifth entry, source checks."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -154,3 +155,56 @@ def test_standins_are_never_pushed_to_a_real_hub(offline_build, tmp_path):
     pins = json.loads((tmp_path / "p.json").read_text())
     assert pins["resnet50"]["revision"] == revision == "f" * 40 and pins["resnet50"]["standin"] is True
     assert len(pins["resnet50"]["sha256"]) == 64
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_build_interrupted_anywhere_leaves_each_model_old_or_new(offline_build, tmp_path, monkeypatch):
+    """Fail the N-th file replacement of a rebuild, for every N: after recovery the source and the output
+    folder always belong together (old pair or new pair), and a re-run completes."""
+    import os
+    import shutil
+
+    from zoo.build import recover
+
+    opts, _ = offline_build
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["models"]["googlenet"]["source"]["file"] = "googlenet-renamed.onnx"  # changes the source's header
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    real_replace = os.replace
+    outcomes = set()
+    for n in range(40):
+        out, models = tmp_path / f"out{n}", tmp_path / f"models{n}"
+        shutil.copytree(opts.out, out)
+        shutil.copytree(opts.models_dir, models)
+        old_source = (models / "googlenet.py").read_bytes()
+        calls = {"n": 0}
+
+        def failing_replace(src, dst, _n=n, _calls=calls):
+            _calls["n"] += 1
+            if _calls["n"] > _n:
+                raise Crash(f"replace #{_calls['n']}")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", failing_replace)
+        try:
+            build(Options(out=out, offline=True, models_dir=models, registry=registry, names=["googlenet"]))
+            finished = True
+        except Crash:
+            finished = False
+        monkeypatch.setattr(os, "replace", real_replace)
+        recover(out)
+        source = (models / "googlenet.py").read_bytes()
+        stamp = json.loads((out / "googlenet" / "build.json").read_text())
+        assert stamp["source_py_sha256"] == hashlib.sha256(source).hexdigest(), f"mixed after failure #{n + 1}"
+        assert not list(out.glob(".commit-*")) and not list(out.glob(".*.old")) and not list(out.glob(".build-*"))
+        outcomes.add("new" if source != old_source else "old")
+        if finished:
+            break
+        again = build(Options(out=out, offline=True, models_dir=models, registry=registry, names=["googlenet"]))
+        assert again[0].status in ("built", "skipped")
+        assert b"googlenet-renamed.onnx" in (models / "googlenet.py").read_bytes()
+    assert finished and outcomes == {"old", "new"}

@@ -66,3 +66,18 @@ def test_corrupted_cache_entry_is_refetched(tmp_path):
         path = fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path)
         path.write_bytes(b"garbage")
         assert fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path).read_bytes() == DATA
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_cache_entry(tmp_path, monkeypatch):
+    import errno
+
+    import zoo.download as download
+
+    def no_space(url, partial, size, retries, timeout, desc):
+        partial.write_bytes(b"x" * 10)
+        raise download.DownloadError(f"{url}: {OSError(errno.ENOSPC, 'No space left on device')}")
+
+    monkeypatch.setattr(download, "_http_get", no_space)
+    with pytest.raises(DownloadError, match="No space left on device"):
+        fetch(["http://127.0.0.1:9/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path)
+    assert "m.onnx" not in _cache_files(tmp_path)

@@ -134,3 +134,17 @@ def test_cli_predict(hub, tmp_path):
     lines = done.stdout.splitlines()
     assert "stand-ins" in lines[0] and lines[1] == str(image) and len(lines) == 5
     assert all("%" in line for line in lines[2:])
+
+
+def test_concurrent_pretrained_loads_share_the_cache(hub, tmp_path):
+    home = tmp_path / "shared-home"
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")}
+    code = ("import hashlib, zoo; m = zoo.densenet121(pretrained=True); "
+            "print(hashlib.sha256(m.fc6.weight.detach().numpy().tobytes()).hexdigest())")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    blobs = [p for p in (home / "hub").rglob("*") if p.is_file() and "blobs" in p.parts]
+    assert not [p for p in blobs if p.name.endswith(".incomplete")]

@@ -146,3 +146,12 @@ def test_finetune_with_torchrun_two_processes(tmp_path):
     assert config["finetune"]["world_size"] == 2
     assert config["finetune"]["val_accuracy"] > 0.3, config["finetune"]
     assert done.stdout.count("epoch 2:") == 1  # only rank 0 reports
+
+
+def test_weights_with_the_wrong_dtype_are_refused(local_weights, tmp_path):
+    folder, _ = local_weights
+    state = load_file(str(folder / "model.safetensors"))
+    state["conv1.weight"] = state["conv1.weight"].double()
+    save_file(state, str(tmp_path / "double.safetensors"))
+    with pytest.raises(WeightsError, match=r"wrong dtype: conv1.weight torch.float64 \(model: torch.float32\)"):
+        zoo.squeezenet1_1(pretrained=tmp_path / "double.safetensors")
