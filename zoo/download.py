@@ -2,7 +2,6 @@
 HTTP(S) with retries, resume and a progress bar. A file enters the cache only once its sha256 matches."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -14,6 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .convert.loader import sha256_of as file_sha256
+
 _HUB_URL = re.compile(r"https://huggingface\.co/(?P<repo>[\w.\-]+/[\w.\-]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
 
 
@@ -23,14 +24,6 @@ class DownloadError(OSError):
 
 def default_cache() -> Path:
     return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo") / "sources"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_file(path: Path, sha256: str, size: int | None = None) -> None:

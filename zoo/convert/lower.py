@@ -168,6 +168,13 @@ class NodeContext:
             raise Unsupported(f"input {i} is missing")
         return self._lowering.reference(self.node.inputs[i])
 
+    def int_list(self, i: int) -> str:
+        """Input ``i`` as a list of ints in the source: a literal when constant, ``.tolist()`` at run time."""
+        c = self.const(i)
+        if c is not None:
+            return lit([int(v) for v in np.asarray(c).reshape(-1)])
+        return f"{self.x(i)}.tolist()"
+
     def operand(self, i: int, *, like: int | None = None) -> str:
         """Like :meth:`x`, but a one-element constant that does not change the broadcast shape
         becomes a number literal (``x * 0.5``)."""

@@ -61,9 +61,7 @@ def col2im(ctx):
     pads = list(ctx.attr("pads") or [0] * 2 * n)
     if pads[:n] != pads[n:]:
         raise Unsupported("asymmetric pads")
-    image, block = (ctx.lit(tuple(int(v) for v in ctx.const(i))) if ctx.const(i) is not None
-                    else f"tuple({ctx.x(i)}.tolist())" for i in (1, 2))
-    return (f"F.fold({ctx.x(0)}, {image}, {block}, "
+    return (f"F.fold({ctx.x(0)}, {ctx.int_list(1)}, {ctx.int_list(2)}, "
             f"dilation={ctx.lit(tuple(ctx.attr('dilations') or [1, 1]))}, padding={ctx.lit(tuple(pads[:n]))}, "
             f"stride={ctx.lit(tuple(ctx.attr('strides') or [1, 1]))})")
 
@@ -71,9 +69,7 @@ def col2im(ctx):
 @register_op("AffineGrid", since=20)
 def affine_grid(ctx):
     align = bool(ctx.attr("align_corners", 0))
-    size = ctx.const(1)
-    size = ctx.lit([int(v) for v in size]) if size is not None else f"{ctx.x(1)}.tolist()"
-    return f"F.affine_grid({ctx.x(0)}, {size}, align_corners={align})"
+    return f"F.affine_grid({ctx.x(0)}, {ctx.int_list(1)}, align_corners={align})"
 
 
 @register_op("MaxUnpool", since=9)

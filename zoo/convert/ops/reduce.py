@@ -126,29 +126,28 @@ def topk(ctx):
     return Multi(f"{fn}({ctx.x(0)}, {k}, {a}, {largest})")
 
 
-@register_op("CumSum", since=11)
-def cumsum(ctx):
+def _cumulative(ctx, fn: str, exclusive_of) -> str:
+    """CumSum/CumProd: ``exclusive_of(inclusive, source, axis)`` shifts the inclusive result by one."""
     axis = ctx.const(1)
     a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0)) if axis is not None else f"int({ctx.x(1)})"
     x = ctx.x(0)
     dtype = ctx.dtype(0)
     cast = f".to({ctx.torch_dtype(dtype)})" if dtype is not None and dtype.kind in "iu" and dtype != np.int64 else ""
-    reverse, exclusive = ctx.attr("reverse", 0), ctx.attr("exclusive", 0)
+    reverse = ctx.attr("reverse", 0)
     source = f"{x}.flip({a})" if reverse else x
-    expr = f"torch.cumsum({source}, dim={a}){cast}"
-    if exclusive:
-        expr = f"({expr} - {source})"
+    expr = f"{fn}({source}, dim={a}){cast}"
+    if ctx.attr("exclusive", 0):
+        expr = exclusive_of(expr, source, a)
     return f"{expr}.flip({a})" if reverse else expr
+
+
+@register_op("CumSum", since=11)
+def cumsum(ctx):
+    return _cumulative(ctx, "torch.cumsum", lambda inclusive, source, a: f"({inclusive} - {source})")
 
 
 @register_op("CumProd", since=26)
 def cumprod(ctx):
-    axis = ctx.const(1)
-    a = norm_axis(ctx, int(axis.reshape(-1)[0]), ctx.rank(0)) if axis is not None else f"int({ctx.x(1)})"
-    x = ctx.x(0)
-    reverse, exclusive = ctx.attr("reverse", 0), ctx.attr("exclusive", 0)
-    source = f"{x}.flip({a})" if reverse else x
-    expr = f"torch.cumprod({source}, dim={a})"
-    if exclusive:
-        expr = f"torch.cat([torch.ones_like({source}.narrow({a}, 0, 1)), {expr}.narrow({a}, 0, {source}.shape[{a}] - 1)], dim={a})"
-    return f"{expr}.flip({a})" if reverse else expr
+    return _cumulative(ctx, "torch.cumprod", lambda inclusive, source, a: (
+        f"torch.cat([torch.ones_like({source}.narrow({a}, 0, 1)), "
+        f"{inclusive}.narrow({a}, 0, {source}.shape[{a}] - 1)], dim={a})"))

@@ -197,16 +197,13 @@ def _runtime_slice(ctx, rank):
 
 @register_op("Expand", since=8)
 def expand(ctx):
-    target = ctx.const(1)
     x = ctx.x(0)
-    shape = ctx.lit(tuple(_ints(target))) if target is not None else f"{ctx.x(1)}.tolist()"
-    return f"{x}.expand(torch.broadcast_shapes({x}.shape, {shape}))"
+    return f"{x}.expand(torch.broadcast_shapes({x}.shape, {ctx.int_list(1)}))"
 
 
 @register_op("Tile", since=6)
 def tile(ctx):
-    reps = ctx.const(1)
-    return f"{ctx.x(0)}.repeat({ctx.lit(tuple(_ints(reps))) if reps is not None else ctx.x(1) + '.tolist()'})"
+    return f"{ctx.x(0)}.repeat({ctx.int_list(1)})"
 
 
 @register_op("Split", since=1)
