@@ -5,7 +5,7 @@
 For each zoo model (built from its stand-in graph: speed does not depend on weight values):
 - conversion time, zoo.convert vs onnx2torch (where installed and able to convert);
 - inference latency per batch size: the generated module (eager), the same with zoo.fuse (BatchNorm folded,
-  channels_last), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
+  channels_last), that under torch.compile (compiled during warm-up, not timed), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
   and onnx2torch's module;
 - time to load the weights from a local safetensors file (what a warm Hub cache costs);
 - peak traced memory (tracemalloc) of one conversion.
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
             candidates = {
                 "zoo": generated,
                 "zoo+fuse": zoo.fuse(generated),
+                "fuse+compile": torch.compile(zoo.fuse(generated)),
                 "torchvision": getattr(torchvision.models, TORCHVISION[name])(
                     **({"aux_logits": False, "init_weights": False} if name == "googlenet" else {})).eval().to(device),
             }
@@ -161,16 +162,18 @@ def main(argv=None) -> int:
         print(f"{name:<14} {row['convert_s']:>9.2f} {o2t_s:>7} {row['convert_peak_mb']:>8.0f} {row['load_weights_s']:>7.2f}")
     total = sum(r["convert_s"] for r in results["models"].values())
     print(f"{'all':<14} {total:>9.2f}\n")
-    columns = ["zoo", "zoo+fuse", "torchvision", "onnxruntime", "onnx2torch"]
+    columns = ["zoo", "zoo+fuse", "fuse+compile", "torchvision", "onnxruntime", "onnx2torch"]
     for batch in args.batch_sizes:
         print(f"latency ms @ batch {batch}: " + "  ".join(f"{c:>11}" for c in columns)
-              + "   zoo/tv  fuse/ort")
+              + "   zoo/tv  fuse/ort  compiled/ort")
         for name, row in results["models"].items():
             lat = row[f"latency_ms@{batch}"]
             cells = "  ".join(f"{lat[c]:>11.1f}" if c in lat else f"{'-':>11}" for c in columns)
             ratio_tv = f"{lat['zoo'] / lat['torchvision']:.2f}" if "torchvision" in lat else "-"
             ratio_ort = f"{lat['zoo+fuse'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat else "-"
-            print(f"  {name:<22} {cells}   {ratio_tv:>6}  {ratio_ort:>8}")
+            ratio_c = f"{lat['fuse+compile'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat and \
+                "fuse+compile" in lat else "-"
+            print(f"  {name:<22} {cells}   {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=float))
