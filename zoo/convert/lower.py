@@ -242,7 +242,7 @@ class Lowering:
 
     def _materialize(self, value: Value) -> str:
         array = value.const
-        attr = self.attrs.claim(strip_role(value.name[len(self._param_prefix):]) if not looks_generated(value.name)
+        attr = self.attrs.claim(value.name[len(self._param_prefix):] if not looks_generated(value.name)
                                 else "const", fallback="const")
         dtype = torch_dtype(array.dtype)
         shape = lit(tuple(array.shape))

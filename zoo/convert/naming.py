@@ -45,9 +45,12 @@ def class_name(name: str) -> str:
 
 
 def strip_role(name: str) -> str:
-    """'conv1_w_0' -> 'conv1', 'layer1.0.conv1.weight' -> 'layer1.0.conv1'."""
+    """'conv1_w_0' -> 'conv1', 'layer1.0.conv1.weight' -> 'layer1.0.conv1', 'block.0.weight' -> 'block.0'.
+
+    A trailing number goes only after '_' (Caffe2's blob suffix); after '.' it is a module index."""
     parts = re.split(r"([/._:])", name)
-    while len(parts) >= 3 and (parts[-1].lower() in _ROLE_WORDS or parts[-1].isdigit() or not parts[-1]):
+    while len(parts) >= 3 and (parts[-1].lower() in _ROLE_WORDS or not parts[-1]
+                               or (parts[-1].isdigit() and parts[-2] == "_")):
         parts = parts[:-2]
     return "".join(parts)
 

@@ -157,6 +157,69 @@ def fuse_batchnorm_scale(graph: Graph) -> None:
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 
 
+def _const_scalar(graph: Graph, name: str) -> float | None:
+    c = graph.value(name).const
+    return float(c.reshape(-1)[0]) if c is not None and c.size == 1 and c.dtype.kind == "f" else None
+
+
+def _other_input(node: Node, name: str) -> str:
+    return node.inputs[1] if node.inputs[0] == name else node.inputs[0]
+
+
+def fuse_linear_bias(graph: Graph) -> None:
+    """MatMul by a constant matrix followed by Add of a constant vector is one nn.Linear with bias."""
+    users = graph.consumers()
+    removed: set[int] = set()
+    for node in graph.nodes:
+        if node.op_type != "MatMul" or node.domain or len(node.inputs) != 2:
+            continue
+        weight = graph.value(node.inputs[1]).const
+        out = node.outputs[0]
+        nxt = users.get(out, [])
+        if weight is None or weight.ndim != 2 or weight.dtype.kind != "f" or len(nxt) != 1 \
+                or nxt[0].op_type != "Add" or out in graph.outputs:
+            continue
+        bias_name = _other_input(nxt[0], out)
+        bias = graph.value(bias_name).const
+        if bias is None or bias.shape != (weight.shape[1],):
+            continue
+        graph.nodes[graph.nodes.index(node)] = Node("Linear", "zoo", node.name, [node.inputs[0], node.inputs[1], bias_name],
+                                                    list(nxt[0].outputs), {}, 1)
+        removed.add(id(nxt[0]))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
+def fuse_gelu(graph: Graph) -> None:
+    """torch.onnx.export's exact GELU, x * (erf(x / sqrt(2)) + 1) * 0.5, back to one GELU."""
+    users = graph.consumers()
+    producer = graph.producer_of()
+    removed: set[int] = set()
+    for erf in graph.nodes:
+        if erf.op_type != "Erf" or erf.inputs[0] not in producer:
+            continue
+        div = producer[erf.inputs[0]]
+        if div.op_type != "Div" or abs((_const_scalar(graph, div.inputs[1]) or 0) - 2 ** 0.5) > 1e-3:
+            continue
+        x = div.inputs[0]
+        def only_user(node: Node, op: str) -> Node | None:
+            found = users.get(node.outputs[0], [])
+            return found[0] if len(found) == 1 and found[0].op_type == op else None
+
+        add = only_user(erf, "Add")
+        if add is None or _const_scalar(graph, _other_input(add, erf.outputs[0])) != 1.0:
+            continue
+        mul = only_user(add, "Mul")
+        if mul is None or _other_input(mul, add.outputs[0]) != x:
+            continue
+        half = only_user(mul, "Mul")
+        if half is None or _const_scalar(graph, _other_input(half, mul.outputs[0])) != 0.5 or \
+                len(users.get(div.outputs[0], [])) != 1:
+            continue
+        graph.nodes[graph.nodes.index(half)] = Node("Gelu", "", half.name, [x], list(half.outputs), {}, 20)
+        removed.update(id(n) for n in (div, erf, add, mul))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
 _KEEPS_DIM0 = {
     "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Elu", "Selu", "Clip", "HardSigmoid", "HardSwish", "Softplus",
     "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Erf", "Identity",
@@ -229,6 +292,8 @@ def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
     fold_constants(graph)
     forward_identities(graph)
     fuse_batchnorm_scale(graph)
+    fuse_linear_bias(graph)
+    fuse_gelu(graph)
     generalize_batch(graph)
     drop_dead_nodes(graph)
     return graph

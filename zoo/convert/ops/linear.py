@@ -39,3 +39,11 @@ def matmul(ctx):
         layer = ctx.layer(f"nn.Linear({b.shape[0]}, {b.shape[1]}, bias=False)", weight=b.T)
         return f"{layer}({ctx.x(0)})"
     return f"torch.matmul({ctx.x(0)}, {ctx.x(1)})"
+
+
+@register_op("Linear", domain="zoo", since=1)
+def linear(ctx):
+    """Internal: MatMul + Add of constants, fused by the passes."""
+    weight, bias = ctx.require_const(1, "the weight"), ctx.require_const(2, "the bias")
+    layer = ctx.layer(f"nn.Linear({weight.shape[0]}, {weight.shape[1]})", weight=weight.T, bias=bias)
+    return f"{layer}({ctx.x(0)})"
