@@ -98,7 +98,7 @@ def transpose(ctx):
     perm = ctx.attr("perm")
     if perm is None:
         perm = list(reversed(range(ctx.rank(0))))
-    return f"{ctx.x(0)}.permute({ctx.lit(tuple(int(p) for p in perm))})"
+    return f"{ctx.x(0)}.permute({', '.join(str(int(p)) for p in perm)})"
 
 
 @register_op("Shape", since=1)
