@@ -23,7 +23,6 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 

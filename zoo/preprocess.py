@@ -56,5 +56,5 @@ def _imagenet() -> tuple[str, ...]:
 
 def labels(name_or_model) -> list[str]:
     """The class names of a model's label set (ImageNet-1k: 1,000 names)."""
-    entry = _entry(name_or_model)
+    _entry(name_or_model)  # validates the name; every registry entry is labelled imagenet-1k
     return list(_imagenet())

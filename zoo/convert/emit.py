@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from .errors import ConversionError
 from .ir import Graph
 from .lower import TOKEN, ModuleParts, Statement
-from .naming import RESERVED, Namespace, is_safe_identifier
+from .naming import is_safe_identifier
 
 INLINE_MAX = 72
 INLINE_DEPTH = 3
@@ -65,7 +65,6 @@ class _Locals:
     def __init__(self, args: list[str]):
         self.args = set(args)
         self.bound: dict[str, str] = {}  # variable -> value it holds
-        self.generated = 0
 
     def free_name(self, live: set[str]) -> str:
         busy = {var for var, value in self.bound.items() if value in live}
@@ -232,7 +231,3 @@ def check_source(source: str, graph: Graph) -> None:
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if not all(m == "torch" or m.startswith("torch.") for m in mods):
                 raise ConversionError(f"{graph.where()}: refusing to emit an import of {mods}")
-
-
-def local_namespace() -> Namespace:
-    return Namespace(set(RESERVED) | set(LOCAL_NAMES))

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConversionError, Unsupported
-from .ir import BATCH, Graph, Node, Value
+from .ir import Graph, Node, Value
 from .naming import Namespace, common_prefix, looks_generated, sanitize, strip_role, torch_scope_name
 from .registry import find_handler
 
@@ -154,9 +154,6 @@ class NodeContext:
 
     def output_used(self, i: int) -> bool:
         return i < len(self.node.outputs) and self.node.outputs[i] in self._lowering.used
-
-    def is_batch(self, dim: Any) -> bool:
-        return dim == BATCH
 
     # -- writing code -------------------------------------------------------------------------------
     lit = staticmethod(lit)

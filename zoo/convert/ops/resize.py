@@ -89,7 +89,6 @@ def resize(ctx):
 
 def _runtime_resize(ctx):
     """Scales or sizes given at run time: the batch and channel entries are assumed to be 1 / unchanged."""
-    x = ctx.x(0)
     template = _interpolate(ctx, [1.0] * ctx.rank(0), None, ctx.attr("mode", "nearest"),
                             ctx.attr("coordinate_transformation_mode", "half_pixel"),
                             ctx.attr("nearest_mode", "round_prefer_floor"), float(ctx.attr("cubic_coeff_a", -0.75)),

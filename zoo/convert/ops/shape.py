@@ -152,7 +152,6 @@ def slice_(ctx):
     axes = list(range(len(starts))) if axes is None else [a % rank for a in axes]
     steps = steps or [1] * len(starts)
     index = [":"] * rank
-    flips = []
     for a, s, e, st in zip(axes, starts, ends, steps):
         if st < 0:
             raise Unsupported("negative steps")
@@ -161,7 +160,6 @@ def slice_(ctx):
         index[a] = f"{s_txt}:{e_txt}" + ("" if st == 1 else f":{st}")
     while index and index[-1] == ":":
         index.pop()
-    del flips
     if not index:
         return ctx.x(0)
     return f"{ctx.x(0)}[{', '.join(index)}]"
