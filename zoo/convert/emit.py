@@ -6,6 +6,7 @@ it is dead, and a value used once by the very next statement is written inline, 
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -66,13 +67,12 @@ class _Locals:
         self.args = set(args)
         self.bound: dict[str, str] = {}  # variable -> value it holds
 
-    def free_name(self, live: set[str]) -> str:
-        busy = {var for var, value in self.bound.items() if value in live}
-        candidates = LOCAL_NAMES + [f"t{i}" for i in range(len(LOCAL_NAMES), len(LOCAL_NAMES) + 10_000)]
-        for name in candidates:
+    def free_name(self, is_live) -> str:
+        """The first local name whose value is dead (or that was never used)."""
+        busy = {var for var, value in self.bound.items() if is_live(value)}
+        for name in itertools.chain(LOCAL_NAMES, (f"t{i}" for i in itertools.count(len(LOCAL_NAMES)))):
             if name not in busy and name not in self.args:
                 return name
-        raise ConversionError("too many live tensors")
 
 
 @dataclass
@@ -127,7 +127,6 @@ def emit_body(stmts: list[Statement], parts: ModuleParts, arg_names: dict[str, s
         if i == len(stmts) - 1 and st.outputs == results and not st.multi:
             lines.append(f"return {_tidy(text)}")
             return lines
-        live = {v for v, last in last_use.items() if last > i}
         targets = []
         dying = [names[v] for v in _token_values(st.expr, parts) if last_use.get(v) == i and v not in arg_names
                  and v in names]
@@ -135,7 +134,8 @@ def emit_body(stmts: list[Statement], parts: ModuleParts, arg_names: dict[str, s
             if o is None:
                 targets.append("_")
                 continue
-            var = next((d for d in dying if d not in targets), None) or local.free_name(live | set(st.outputs))
+            var = next((d for d in dying if d not in targets), None) or local.free_name(
+                lambda v, _i=i, _outs=st.outputs: last_use.get(v, -1) > _i or v in _outs)
             local.bound[var] = o
             names[o] = var
             targets.append(var)
