@@ -52,3 +52,8 @@ def axis(ctx, value: int, rank: int) -> int:
     if not -rank <= value < max(rank, 1):
         raise Unsupported(f"axis {value} out of range for rank {rank}")
     return value % rank if rank else 0
+
+
+def wrap_negative(index: str, size: str) -> str:
+    """ONNX index tensors may count from the end; PyTorch's gather/scatter need them in [0, size)."""
+    return f"torch.where({index} < 0, {index} + {size}, {index})"

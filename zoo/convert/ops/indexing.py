@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import axis as norm_axis
+from ._util import wrap_negative
 
 
 @register_op("Constant", since=1)
@@ -45,7 +46,7 @@ def one_hot(ctx):
     a = norm_axis(ctx, int(ctx.attr("axis", -1)), rank)
     n = ctx.lit(int(np.asarray(depth).reshape(-1)[0])) if depth is not None else f"int({ctx.x(1)})"
     idx = ctx.x(0)
-    wrapped = f"torch.where({idx} < 0, {idx} + {n}, {idx})"
+    wrapped = wrap_negative(idx, n)
     mask = f"{wrapped}.unsqueeze(-1) == torch.arange({n}, device={idx}.device)"
     expr = f"torch.where({mask}, {values}[1], {values}[0])"
     return expr if a == rank - 1 else f"{expr}.movedim(-1, {a})"
@@ -76,12 +77,13 @@ def gather_nd(ctx):
 _REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
+@register_op("Scatter", since=9)  # the deprecated name of ScatterElements without reduction
 @register_op("ScatterElements", since=11)
 def scatter_elements(ctx):
     rank = ctx.rank(0)
     a = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
     x, idx, upd = ctx.x(0), ctx.x(1), ctx.x(2)
-    index = f"torch.where({idx} < 0, {idx} + {x}.shape[{a}], {idx})"
+    index = wrap_negative(idx, f"{x}.shape[{a}]")
     reduction = ctx.attr("reduction", "none")
     if reduction == "none":
         return f"{x}.scatter({a}, {index}, {upd})"

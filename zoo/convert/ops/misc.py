@@ -143,13 +143,6 @@ def dft(ctx):
             f"onesided={bool(ctx.attr('onesided', 0))})")
 
 
-@register_op("Scatter", since=9)
-def scatter(ctx):
-    a = norm_axis(ctx, int(ctx.attr("axis", 0)), ctx.rank(0))
-    x, idx = ctx.x(0), ctx.x(1)
-    return f"{x}.scatter({a}, torch.where({idx} < 0, {idx} + {x}.shape[{a}], {idx}), {ctx.x(2)})"
-
-
 CENTER_CROP_PAD = '''
 def center_crop_pad(x, shape, axes):
     # Crop or zero-pad each listed axis to the target size, centred.

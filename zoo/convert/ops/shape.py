@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import axis as norm_axis
+from ._util import wrap_negative
 
 INT_MAX = 2**31 - 1
 
@@ -134,7 +135,7 @@ def gather_elements(ctx):
     rank = ctx.rank(0)
     ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
     x, idx = ctx.x(0), ctx.x(1)
-    return f"torch.gather({x}, {ax}, torch.where({idx} < 0, {idx} + {x}.shape[{ax}], {idx}))"
+    return f"torch.gather({x}, {ax}, {wrap_negative(idx, f'{x}.shape[{ax}]')})"
 
 
 @register_op("Slice", since=1)
@@ -245,6 +246,9 @@ def constant_of_shape(ctx):
     return f"torch.full({ctx.x(0)}.tolist(), {ctx.lit(fill.reshape(-1)[0])}, dtype={dtype})"
 
 
+# ONNX Pad mode -> F.pad mode
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
 PAD = '''
 def pad(x, pads, axes=None, mode="constant", value=0.0):
     # ONNX Pad with pads known at run time: [begin per axis..., end per axis...] -> F.pad's order.
@@ -261,8 +265,7 @@ def pad(x, pads, axes=None, mode="constant", value=0.0):
 
 
 def _runtime_pad(ctx):
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
-        ctx.attr("mode", "constant"))
+    mode = _PAD_MODES.get(ctx.attr("mode", "constant"))
     if mode is None:
         raise Unsupported(f"mode {ctx.attr('mode')!r}")
     fn = ctx.helper("pad", PAD)
@@ -287,8 +290,7 @@ def pad(ctx):
             raise Unsupported("a non-constant pad value")
         value = value_c.reshape(-1)[0].item() if value_c is not None and value_c.size else 0
         axes = [a % rank for a in _ints(ctx.require_const(3, "axes"))] if ctx.has_input(3) else list(range(rank))
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}.get(
-        ctx.attr("mode", "constant"))
+    mode = _PAD_MODES.get(ctx.attr("mode", "constant"))
     if mode is None:
         raise Unsupported(f"mode {ctx.attr('mode')!r}")
     n = len(axes)
