@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from . import shapes
 from .errors import ConversionError
 from .loader import LoadedModel
 
@@ -139,6 +140,33 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return attrs
 
 
+def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inputs: list[str]) -> None:
+    """Fill what onnx inference left unknown from a probe run, then from symbolic inference.
+
+    The probe goes first because it is the faster of the two by far (swin_t: 1 s against 9 s of
+    pure-Python symbolic inference); symbolic inference covers graphs onnxruntime cannot run on made-up inputs.
+    """
+    names = [o for n in model.graph.node for o in n.output if o]
+    declared = shapes.declared_dims(model, runtime_inputs)
+    todo = shapes.needs_refining(values, names, declared)
+    if not todo:
+        return
+    for name, (shape, dtype) in (shapes.probe(model, runtime_inputs, todo) or {}).items():
+        _update(values, name, shape, dtype, declared)
+    todo = [n for n in shapes.needs_refining(values, todo, declared) if values[n].shape is None]
+    symbolic = shapes.symbolic_infer(model) if todo else None
+    for vi in symbolic.graph.value_info if symbolic is not None else ():
+        if vi.name in todo:
+            _update(values, vi.name, *_dims(vi.type), declared)
+
+
+def _update(values: dict[str, Value], name: str, shape, dtype, declared: set[str]) -> None:
+    value = values.setdefault(name, Value(name))
+    value.shape = shapes.merge(value.shape, shape, declared)
+    if value.dtype is None:
+        value.dtype = dtype
+
+
 def build_graph(loaded: LoadedModel) -> Graph:
     proto = loaded.proto
     g = proto.graph
@@ -159,6 +187,7 @@ def build_graph(loaded: LoadedModel) -> Graph:
     for t in g.initializer:
         array = numpy_helper.to_array(t)
         values[t.name] = Value(t.name, tuple(array.shape), array.dtype, array)
+    _refine_shapes(symbolic, values, runtime_inputs)
 
     nodes = []
     for i, n in enumerate(g.node):

@@ -153,26 +153,55 @@ def slice_(ctx):
     axes = list(range(len(starts))) if axes is None else [a % rank for a in axes]
     steps = steps or [1] * len(starts)
     index = [":"] * rank
+    flips = []
     for a, s, e, st in zip(axes, starts, ends, steps):
         if st < 0:
-            raise Unsupported("negative steps")
+            bounds = _flipped_bounds((ctx.shape(0) or [None] * rank)[a], s, e)
+            if bounds is None:
+                fn = ctx.helper("slice_axes", SLICE)
+                return (f"{fn}({ctx.x(0)}, {ctx.lit(list(starts))}, {ctx.lit(list(ends))}, {ctx.lit(list(axes))}, "
+                        f"{ctx.lit(list(steps))})")
+            flips.append(a)
+            s, e, st = bounds[0], bounds[1], -st
         s_txt = "" if s == 0 else str(s)
         e_txt = "" if e >= INT_MAX else str(max(e, -INT_MAX))
         index[a] = f"{s_txt}:{e_txt}" + ("" if st == 1 else f":{st}")
     while index and index[-1] == ":":
         index.pop()
+    x = ctx.x(0)
+    if flips:  # PyTorch has no negative steps: flip, then slice forward
+        x = f"{x}.flip({ctx.lit(tuple(flips)) if len(flips) > 1 else flips[0]})"
     if not index:
-        return ctx.x(0)
-    return f"{ctx.x(0)}[{', '.join(index)}]"
+        return x
+    return f"{x}[{', '.join(index)}]"
+
+
+def _flipped_bounds(size, start: int, end: int) -> tuple[int, int] | None:
+    """(start, end) on the flipped axis for ONNX's negative-step bounds; None when that needs the size."""
+    if (start == -1 or start >= INT_MAX) and end <= -INT_MAX:
+        return 0, INT_MAX  # the whole axis reversed, whatever its size
+    if not isinstance(size, int):
+        return None
+    # ONNX clamps starts to [0, size - 1] and ends to [-1, size - 1] for negative steps.
+    start = min(max(start + size if start < 0 else start, 0), size - 1)
+    end = min(max(end + size if end < 0 else end, -1), size - 1)
+    return size - 1 - start, size - 1 - end
 
 
 SLICE = '''
 def slice_axes(x, starts, ends, axes, steps=None):
-    # ONNX Slice with every argument known only at run time.
+    # ONNX Slice with arguments known only at run time; PyTorch has no negative steps, so flip first.
+    as_list = lambda v: v if isinstance(v, list) else v.tolist()
     index = [slice(None)] * x.dim()
-    steps = [1] * len(axes) if steps is None else steps.tolist()
-    for s, e, a, st in zip(starts.tolist(), ends.tolist(), axes.tolist(), steps):
-        index[a % x.dim()] = slice(s, e, st)
+    steps = [1] * len(as_list(axes)) if steps is None else as_list(steps)
+    for s, e, a, st in zip(as_list(starts), as_list(ends), as_list(axes), steps):
+        a %= x.dim()
+        if st < 0:
+            n = x.shape[a]
+            s = min(max(s + n if s < 0 else s, 0), n - 1)
+            e = min(max(e + n if e < 0 else e, -1), n - 1)
+            x, s, e, st = x.flip(a), n - 1 - s, n - 1 - e, -st
+        index[a] = slice(s, e, st)
     return x[tuple(index)]
 '''
 
@@ -305,3 +334,16 @@ def pad(ctx):
         return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, mode={mode!r})"
     return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, value={ctx.lit(value)})" if value else \
         f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))})"
+
+
+CHANNEL_SHUFFLE = '''
+def channel_shuffle(x, groups):
+    # ShuffleNet: split the channels into groups and interleave them (group-major to channel-major order).
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
+'''
+
+
+@register_op("ChannelShuffle", domain="zoo", since=1)
+def channel_shuffle(ctx):
+    """Internal: Reshape -> Transpose -> Reshape of a channel shuffle, fused by the passes."""
+    return f"{ctx.helper('channel_shuffle', CHANNEL_SHUFFLE)}({ctx.x(0)}, {int(ctx.attr('groups'))})"
