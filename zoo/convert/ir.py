@@ -140,6 +140,42 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return attrs
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            out.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            out.extend(attr.graphs)
+    return out
+
+
+def implicit_inputs(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope values the node's subgraphs (If branches, Loop bodies) read, in first-use order.
+
+    They are appended to the node's inputs, after its own, so that passes which follow data flow
+    (dead-node removal, Identity forwarding) see them."""
+    found: dict[str, None] = {}
+    for g in _subgraphs(node):
+        local = {i.name for i in g.input} | {t.name for t in g.initializer}
+        for inner in g.node:
+            for name in list(inner.input) + implicit_inputs(inner):
+                if name and name not in local:
+                    found.setdefault(name)
+            local.update(inner.output)
+        for out in g.output:
+            if out.name not in local:
+                found.setdefault(out.name)
+    return list(found)
+
+
+def _subgraph_value_infos(g: onnx.GraphProto):
+    for node in g.node:
+        for sub in _subgraphs(node):
+            yield from list(sub.input) + list(sub.value_info) + list(sub.output)
+            yield from _subgraph_value_infos(sub)
+
+
 def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inputs: list[str]) -> None:
     """Fill what onnx inference left unknown from a probe run, then from symbolic inference.
 
@@ -181,7 +217,8 @@ def build_graph(loaded: LoadedModel) -> Graph:
         raise ConversionError(f"{loaded.path}: shape inference failed: {exc}") from exc
 
     values: dict[str, Value] = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+    for vi in list(_subgraph_value_infos(inferred.graph)) + list(inferred.graph.value_info) + \
+            list(inferred.graph.input) + list(inferred.graph.output):
         shape, dtype = _dims(vi.type)
         values[vi.name] = Value(vi.name, shape, dtype)
     for t in g.initializer:
@@ -194,7 +231,8 @@ def build_graph(loaded: LoadedModel) -> Graph:
         domain = n.domain if n.domain != "ai.onnx" else ""
         if domain not in opsets:
             raise ConversionError(f"{loaded.path}: node {n.name!r} uses domain {domain!r} with no opset import")
-        nodes.append(Node(n.op_type, domain, n.name, list(n.input), list(n.output), _attributes(n), opsets[domain], n))
+        nodes.append(Node(n.op_type, domain, n.name, list(n.input) + implicit_inputs(n), list(n.output),
+                          _attributes(n), opsets[domain], n))
         for out in n.output:
             values.setdefault(out, Value(out))
     if not [o.name for o in g.output]:

@@ -1,0 +1,216 @@
+"""Control flow: If and Loop, whose subgraphs become module-level functions of ``self``.
+
+A subgraph is lowered by the same handlers as the main graph, into a statement list of its own, and
+emitted by the same :func:`emit_body`, so branches and loop bodies read like the rest of the module.
+Its reads of the outer scope become arguments. An If whose condition is constant once shapes are known
+(exporters leave many) is replaced by the taken branch, inline.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ConversionError, Unsupported
+from ..ir import Graph, Node, Value, _attributes, _dims, implicit_inputs
+from ..lower import TOKEN, Multi
+from ..naming import RESERVED, Namespace, sanitize
+from ..registry import find_handler, register_op
+
+
+def _outer_names(ctx) -> dict[str, str]:
+    """Original outer-scope name -> the name the passes left it under (Identity forwarding renames)."""
+    explicit = len(ctx.node.proto.input) if ctx.node.proto is not None else ctx.num_inputs
+    return dict(zip(implicit_inputs(ctx.node.proto), ctx.node.inputs[explicit:]))
+
+
+def subgraph(ctx, proto: onnx.GraphProto, renamed: dict[str, str]) -> Graph:
+    """A Graph over ``proto`` that shares the outer graph's values, constant-folded like the main graph."""
+    from ..passes import drop_dead_nodes, fold_constants
+
+    outer = ctx._lowering.graph
+    values = outer.values
+    for t in proto.initializer:
+        array = numpy_helper.to_array(t)
+        values[t.name] = Value(t.name, tuple(array.shape), array.dtype, array)
+    for vi in proto.input:
+        shape, dtype = _dims(vi.type)
+        value = values.setdefault(vi.name, Value(vi.name))
+        value.shape, value.dtype = value.shape or shape, value.dtype or dtype
+    nodes = []
+    for n in proto.node:
+        domain = "" if n.domain in ("", "ai.onnx") else n.domain
+        if domain not in outer.opsets:
+            raise ConversionError(f"{outer.where()}: node {n.name!r} uses domain {domain!r} with no opset import")
+        inputs = [renamed.get(i, i) for i in list(n.input) + implicit_inputs(n)]
+        nodes.append(Node(n.op_type, domain, n.name, inputs, list(n.output), _attributes(n), outer.opsets[domain], n))
+        for out in n.output:
+            values.setdefault(out, Value(out))
+    sub = Graph(nodes, values, [i.name for i in proto.input], [renamed.get(o.name, o.name) for o in proto.output],
+                outer.opsets, outer.source, outer.producer)
+    fold_constants(sub)
+    drop_dead_nodes(sub)
+    return sub
+
+
+def lower_nodes(ctx, sub: Graph) -> list:
+    """Statements of the subgraph's nodes, lowered by their handlers (layers land in the module)."""
+    lowering = ctx._lowering
+    lowering.used.update(n for node in sub.nodes for n in node.inputs if n)
+    lowering.used.update(sub.outputs)
+    saved, lowering.parts.statements = lowering.parts.statements, []
+    try:
+        for node in sub.nodes:
+            handler = find_handler(node.domain, node.op_type, node.opset)
+            if handler is None:
+                raise ConversionError(f"{lowering.graph.where(node)}: unsupported op {node.op_type} inside "
+                                      f"the subgraph of {ctx.node.describe()}")
+            try:
+                result = handler(type(ctx)(lowering, node))
+            except Unsupported as exc:
+                raise ConversionError(f"{lowering.graph.where(node)}: {exc}") from None
+            lowering._add_statements(node, result)
+        for out in sub.outputs:
+            if lowering.graph.value(out).const is not None:
+                lowering.reference(out)  # a constant result still needs its buffer
+        return lowering.parts.statements
+    finally:
+        lowering.parts.statements = saved
+
+
+def emit_function(ctx, suffix: str, sub: Graph, statements: list, formal: list[str]) -> tuple[str, list[str]]:
+    """Put ``def <name>(self, *formal, *free)`` into the module; returns its name and its free values."""
+    from ..emit import emit_body
+
+    parts = ctx._lowering.parts
+    produced = {o for st in statements for o in st.outputs if o}
+    free: dict[str, None] = {}
+    for name in [parts.token_values[int(m.group(1))] for st in statements for m in TOKEN.finditer(st.expr)] \
+            + sub.outputs:
+        if name not in produced and name not in formal and ctx._lowering.graph.value(name).const is None:
+            free.setdefault(name)
+    args = Namespace(RESERVED)
+    arg_names = {v: args.claim(v, fallback="input") for v in list(formal) + list(free)}
+    lines = emit_body(statements, parts, arg_names, sub.outputs)
+    base = sanitize(ctx.name).lower() or ctx.op_type.lower()
+    name, k = f"{base}_{suffix}", 1
+    while name in parts.helpers or name in RESERVED:
+        k += 1
+        name = f"{base}_{suffix}{k}"
+    signature = ", ".join(["self"] + list(arg_names.values()))
+    ctx.helper(name, f"def {name}({signature}):\n" + "".join(f"    {line}\n" for line in lines))
+    return name, list(free)
+
+
+def _static_value(graph: Graph, name: str, producers: dict, depth: int = 0):
+    """``name``'s value when the static sizes alone settle it (Shape -> Gather -> Equal chains), else None.
+
+    Sizes that vary are None in an object array; a result still holding None is not settled."""
+    value = graph.value(name)
+    if value.const is not None:
+        return value.const
+    node = producers.get(name)
+    if node is None or depth > 32 or node.domain:
+        return None
+    if node.op_type == "Shape":
+        shape = graph.value(node.inputs[0]).shape
+        if shape is None:
+            return None
+        dims = [d if isinstance(d, int) else None for d in shape]
+        return np.array(dims[node.attrs.get("start", 0): node.attrs.get("end", len(dims))], dtype=object)
+    args = [_static_value(graph, i, producers, depth + 1) if i else None for i in node.inputs]
+    if any(a is None for a in args) or node.op_type not in _STATIC_OPS:
+        return None
+    try:
+        out = np.asarray(_STATIC_OPS[node.op_type](node, *args))
+    except Exception:  # None met arithmetic: not settled
+        return None
+    return None if out.dtype == object and any(v is None for v in out.reshape(-1)) else out
+
+
+_STATIC_OPS = {
+    "Gather": lambda n, x, i: np.take(x, i, axis=n.attrs.get("axis", 0)),
+    "Equal": lambda n, a, b: np.asarray(a == b, dtype=bool) if a.dtype != object and b.dtype != object
+    else np.array([x is not None and y is not None and x == y for x, y in np.broadcast(a, b)]).reshape(
+        np.broadcast(a, b).shape),
+    "Greater": lambda n, a, b: a > b, "Less": lambda n, a, b: a < b,
+    "Not": lambda n, a: ~a.astype(bool), "And": lambda n, a, b: a & b, "Or": lambda n, a, b: a | b,
+    "Identity": lambda n, a: a, "Cast": lambda n, a: a,
+    "Squeeze": lambda n, a, *axes: a.reshape(()) if a.size == 1 else a,
+    "Unsqueeze": lambda n, a, *axes: a.reshape(-1),
+}
+
+
+def _drop_dead_check(ctx, name: str) -> None:
+    """Remove the statements that computed a settled condition and feed nothing else."""
+    graph, parts = ctx._lowering.graph, ctx._lowering.parts
+    if ctx.node not in graph.nodes:
+        return
+    users, producers = graph.consumers(), graph.producer_of()
+    pending = [name]
+    while pending:
+        value = pending.pop()
+        node = producers.get(value)
+        if node is None or value in graph.outputs or any(u is not ctx.node for u in users.get(value, [])) \
+                or len([o for o in node.outputs if o]) != 1:
+            continue
+        before = len(parts.statements)
+        parts.statements[:] = [st for st in parts.statements if st.node is not node]
+        if len(parts.statements) < before:
+            users = {k: [u for u in v if u is not node] for k, v in users.items()}
+            pending.extend(i for i in node.inputs if i)
+
+
+def _call(ctx, name: str, args: list[str]) -> str:
+    return f"{name}({', '.join(['self'] + [ctx._lowering.reference(a) for a in args])})"
+
+
+@register_op("If", since=1)
+def if_(ctx):
+    renamed = _outer_names(ctx)
+    cond = _static_value(ctx._lowering.graph, ctx.node.inputs[0], ctx._lowering.graph.producer_of())
+    if cond is not None:  # the exporter's shape check, settled once shapes are known: keep the taken branch
+        taken = ctx.attr("then_branch") if bool(cond.reshape(-1)[0]) else ctx.attr("else_branch")
+        sub = subgraph(ctx, taken, renamed)
+        _drop_dead_check(ctx, ctx.node.inputs[0])
+        ctx._lowering.parts.statements.extend(lower_nodes(ctx, sub))
+        return [ctx._lowering.reference(o) for o in sub.outputs]
+    calls = []
+    for key, suffix in (("then_branch", "then"), ("else_branch", "else")):
+        sub = subgraph(ctx, ctx.attr(key), renamed)
+        name, free = emit_function(ctx, suffix, sub, lower_nodes(ctx, sub), [])
+        calls.append(_call(ctx, name, free))
+    expr = f"{calls[0]} if bool({ctx.x(0)}) else {calls[1]}"
+    return Multi(expr) if len(ctx.node.outputs) > 1 else expr
+
+
+RUN_LOOP = '''
+def run_loop(body, module, trip_count, cond, carried, free):
+    # ONNX Loop: run the body while the trip count and the condition allow; scan outputs are stacked.
+    limit = None if trip_count is None else int(trip_count)
+    go = True if cond is None else bool(cond)
+    cond = torch.tensor(go) if cond is None else cond
+    scans, i = [], 0
+    while go and (limit is None or i < limit):
+        out = body(module, torch.tensor(i, dtype=torch.int64), cond, *carried, *free)
+        out = out if isinstance(out, tuple) else (out,)
+        cond, carried = out[0], list(out[1:1 + len(carried)])
+        scans.append(out[1 + len(carried):])
+        go, i = bool(cond), i + 1
+    return (*carried, *[torch.stack(s) for s in zip(*scans)])
+'''
+
+
+@register_op("Loop", since=1)
+def loop(ctx):
+    renamed = _outer_names(ctx)
+    explicit = len(ctx.node.proto.input)
+    sub = subgraph(ctx, ctx.attr("body"), renamed)
+    name, free = emit_function(ctx, "body", sub, lower_nodes(ctx, sub), sub.inputs)
+    runner = ctx.helper("run_loop", RUN_LOOP)
+    trip = ctx.x(0) if ctx.has_input(0) else "None"
+    cond = ctx.x(1) if explicit > 1 and ctx.has_input(1) else "None"
+    carried = ", ".join(ctx.x(i) for i in range(2, explicit))
+    free_refs = ", ".join(ctx._lowering.reference(v) for v in free)
+    expr = f"{runner}({name}, self, {trip}, {cond}, [{carried}], [{free_refs}])"
+    return Multi(expr) if len(ctx.node.outputs) > 1 else f"{expr}[0]"
