@@ -1,6 +1,6 @@
 """Built-in op handlers, one module per op family."""
 from . import (  # noqa: F401
     activation, attention, control, conv, elementwise, indexing, linear, loss, misc, norm, pool, reduce, regularization,
-    resize,
+    recurrent, resize,
     shape,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import ConversionError, Unsupported
 from ..ir import Graph, Node, Value, _attributes, _dims, implicit_inputs
@@ -46,11 +46,49 @@ def subgraph(ctx, proto: onnx.GraphProto, renamed: dict[str, str]) -> Graph:
         nodes.append(Node(n.op_type, domain, n.name, inputs, list(n.output), _attributes(n), outer.opsets[domain], n))
         for out in n.output:
             values.setdefault(out, Value(out))
+    _infer_shapes(proto, values, outer, {v: k for k, v in renamed.items()})
     sub = Graph(nodes, values, [i.name for i in proto.input], [renamed.get(o.name, o.name) for o in proto.output],
                 outer.opsets, outer.source, outer.producer)
     fold_constants(sub)
     drop_dead_nodes(sub)
     return sub
+
+
+def _infer_shapes(proto: onnx.GraphProto, values: dict, outer: Graph, original: dict[str, str]) -> None:
+    """Shape inference on the subgraph alone, its outer-scope reads declared with what is known of them
+    by now (the main graph's inference leaves many subgraph values without a rank)."""
+    g = onnx.GraphProto()
+    g.CopyFrom(proto)
+    known = {i.name for i in g.input} | {t.name for t in g.initializer}
+    for name in implicit_inputs_of_graph(proto):
+        value = values.get(original.get(name, name))
+        if name in known or value is None:
+            continue
+        if value.const is not None and value.const.size <= 64:  # small constants feed data propagation
+            g.initializer.append(numpy_helper.from_array(value.const, name))
+        elif value.shape is not None and value.dtype is not None and value.const is None:
+            g.input.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+        elif value.const is not None:
+            g.input.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(value.const.dtype), list(value.const.shape)))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid(d, v) for d, v in outer.opsets.items()])
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is a help here, not a requirement
+        return
+    for vi in inferred.graph.value_info:
+        shape, dtype = _dims(vi.type)
+        value = values.setdefault(vi.name, Value(vi.name))
+        if value.shape is None and value.const is None:
+            value.shape = shape
+        value.dtype = value.dtype or dtype
+
+
+def implicit_inputs_of_graph(proto: onnx.GraphProto) -> list[str]:
+    holder = onnx.NodeProto()
+    holder.attribute.append(helper.make_attribute("g", proto))
+    return implicit_inputs(holder)
 
 
 def lower_nodes(ctx, sub: Graph) -> list:
@@ -135,7 +173,7 @@ _STATIC_OPS = {
         np.broadcast(a, b).shape),
     "Greater": lambda n, a, b: a > b, "Less": lambda n, a, b: a < b,
     "Not": lambda n, a: ~a.astype(bool), "And": lambda n, a, b: a & b, "Or": lambda n, a, b: a | b,
-    "Identity": lambda n, a: a, "Cast": lambda n, a: a,
+    "Identity": lambda n, a: a, "Cast": lambda n, a: a, "Size": lambda n, a: np.array(a.size),
     "Squeeze": lambda n, a, *axes: a.reshape(()) if a.size == 1 else a,
     "Unsqueeze": lambda n, a, *axes: a.reshape(-1),
 }

@@ -1,0 +1,100 @@
+"""LSTM, GRU and RNN become nn.LSTM / nn.GRU / nn.RNN with PyTorch's gate order, matching onnxruntime."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from zoo.convert import ConversionError, convert, load
+
+from .helpers import make_model, tensor
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+SEQ, BATCH, INPUT, HIDDEN = 5, 2, 3, 4
+
+
+def _model(path, op, direction="forward", layout=0, initial=True, bias=True, **attrs):
+    rng = np.random.default_rng(0)
+    d = 2 if direction == "bidirectional" else 1
+    g = GATES[op]
+    inits = {"W": rng.normal(0, 0.5, (d, g * HIDDEN, INPUT)).astype(np.float32),
+             "R": rng.normal(0, 0.5, (d, g * HIDDEN, HIDDEN)).astype(np.float32)}
+    inputs = ["x", "W", "R", "B" if bias else ""]
+    if bias:
+        inits["B"] = rng.normal(0, 0.5, (d, 2 * g * HIDDEN)).astype(np.float32)
+    state_shape = ["batch", d, HIDDEN] if layout else [d, "batch", HIDDEN]
+    graph_inputs = [tensor("x", ["batch", SEQ, INPUT] if layout else [SEQ, "batch", INPUT])]
+    if initial:
+        inputs += ["", "h0"] + (["c0"] if op == "LSTM" else [])
+        graph_inputs += [tensor("h0", state_shape)] + ([tensor("c0", state_shape)] if op == "LSTM" else [])
+    outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    y_shape = ["batch", SEQ, d, HIDDEN] if layout else [SEQ, d, "batch", HIDDEN]
+    if op == "GRU":
+        attrs.setdefault("linear_before_reset", 1)
+    node = helper.make_node(op, inputs, outputs, hidden_size=HIDDEN, direction=direction, layout=layout, **attrs)
+    make_model([node], graph_inputs, [tensor("y", y_shape)] + [tensor(o, state_shape) for o in outputs[1:]],
+               inits, opset=14, path=path)
+    return path
+
+
+def _compare(path, batch=BATCH):
+    model = onnx.load(path)
+    rng = np.random.default_rng(1)
+    feeds = {}
+    for i in model.graph.input:
+        shape = [d.dim_value or batch for d in i.type.tensor_type.shape.dim]
+        feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+    if any(a.name == "layout" and a.i for a in model.graph.node[0].attribute):
+        expected = ReferenceEvaluator(model).run(None, feeds)  # onnxruntime has no layout=1 recurrent kernels
+    else:
+        expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    module = load(path)
+    with torch.no_grad():
+        got = module(*[torch.from_numpy(feeds[i.name]) for i in model.graph.input])
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-5)
+    return module
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_matches_onnxruntime(tmp_path, op, direction, layout):
+    path = _model(tmp_path / "rnn.onnx", op, direction, layout)
+    _compare(path, batch=1)
+    module = _compare(path, batch=3)
+    layer = next(m for m in module.modules() if isinstance(m, getattr(torch.nn, op)))
+    assert layer.bidirectional == (direction == "bidirectional") and layer.batch_first == bool(layout)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_without_bias_or_initial_state(tmp_path, op):
+    _compare(_model(tmp_path / "rnn.onnx", op, initial=False, bias=False))
+
+
+def test_relu_rnn(tmp_path):
+    _compare(_model(tmp_path / "rnn.onnx", "RNN", activations=["Relu"]))
+
+
+def test_reads_like_a_hand_written_layer_and_trains(tmp_path):
+    path = _model(tmp_path / "lstm.onnx", "LSTM", "bidirectional")
+    source = convert(path, tmp_path / "out").source_path.read_text()
+    assert "nn.LSTM(3, 4, bidirectional=True)" in source
+    module = load(path).train()
+    y, h, c = module(torch.randn(SEQ, 2, INPUT), torch.zeros(2, 2, HIDDEN), torch.zeros(2, 2, HIDDEN))
+    (y.square().sum() + h.sum()).backward()
+    layer = next(m for m in module.modules() if isinstance(m, torch.nn.LSTM))
+    assert layer.weight_hh_l0_reverse.grad.abs().sum() > 0
+
+
+def test_what_pytorch_cannot_express_is_refused_by_name(tmp_path):
+    path = _model(tmp_path / "gru.onnx", "GRU", linear_before_reset=0)
+    with pytest.raises(ConversionError, match="GRU node.*linear_before_reset=0"):
+        load(path)
+    path = _model(tmp_path / "lstm.onnx", "LSTM", clip=1.0)
+    with pytest.raises(ConversionError, match="LSTM node.*clip"):
+        load(path)
