@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -112,18 +113,33 @@ def _import_source(path: Path, cls: str) -> type[torch.nn.Module]:
     return getattr(module, cls)
 
 
+def _as_tensor(array: np.ndarray, owners: set[int]) -> torch.Tensor:
+    """A tensor over ``array``'s memory (read-only memory is fine: the state is only written to disk) unless
+    another weight shares it, which safetensors refuses: then a copy. No weight is copied needlessly."""
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not array.flags.c_contiguous or id(root) in owners:
+        array = np.array(array, copy=True)
+    owners.add(id(root))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the given NumPy array is not writable"
+        return torch.from_numpy(array)
+
+
 def _state_dict(model: torch.nn.Module, tensors: dict[str, np.ndarray], where: str) -> dict[str, torch.Tensor]:
     state = {}
     expected = model.state_dict()
+    owners: set[int] = set()
     for key, current in expected.items():
         if key in tensors:
-            t = torch.from_numpy(np.array(tensors[key], copy=True))
+            t = _as_tensor(tensors[key], owners)
             if tuple(t.shape) != tuple(current.shape):
                 raise ConversionError(f"{where}: weight {key!r} has shape {tuple(t.shape)}, "
                                       f"layer expects {tuple(current.shape)}")
             state[key] = t.to(current.dtype).contiguous()
         elif key.endswith("num_batches_tracked"):
-            state[key] = current.clone()
+            state[key] = torch.zeros(current.shape, dtype=current.dtype)
         else:
             raise ConversionError(f"{where}: no weight for {key!r}; please report this")
     extra = sorted(set(tensors) - set(expected))
@@ -173,7 +189,8 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     with tempfile.TemporaryDirectory(dir=out, prefix=".zoo-") as staging:
         staged = Path(staging) / f"{name}.py"
         staged.write_text(compiled.source, encoding="utf-8")
-        model = _import_source(staged, compiled.cls)()
+        with torch.device("meta"):  # only shapes and dtypes are read: skip allocating and initializing weights
+            model = _import_source(staged, compiled.cls)()
         state = _state_dict(model, compiled.tensors, str(path))
         _atomic_write(weights_path, lambda tmp: save_file(state, str(tmp), metadata={
             "format": "pt", "source_sha256": compiled.graph.source.sha256}))

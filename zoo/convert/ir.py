@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from . import shapes
 from .errors import ConversionError
-from .loader import LoadedModel
+from .loader import LoadedModel, without_weights
 
 BATCH = "batch"
 Dim = int | str | None
@@ -176,7 +176,8 @@ def _subgraph_value_infos(g: onnx.GraphProto):
             yield from _subgraph_value_infos(sub)
 
 
-def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inputs: list[str]) -> None:
+def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inputs: list[str],
+                   with_weights) -> None:
     """Fill what onnx inference left unknown from a probe run, then from symbolic inference.
 
     The probe goes first because it is the faster of the two by far (swin_t: 1 s against 9 s of
@@ -187,7 +188,7 @@ def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inp
     todo = shapes.needs_refining(values, names, declared)
     if not todo:
         return
-    for name, (shape, dtype) in (shapes.probe(model, runtime_inputs, todo) or {}).items():
+    for name, (shape, dtype) in (shapes.probe(with_weights(), runtime_inputs, todo) or {}).items():
         _update(values, name, shape, dtype, declared)
     todo = [n for n in shapes.needs_refining(values, todo, declared) if values[n].shape is None]
     symbolic = shapes.symbolic_infer(model) if todo else None
@@ -210,7 +211,7 @@ def build_graph(loaded: LoadedModel) -> Graph:
     init_names = {t.name for t in g.initializer}
     runtime_inputs = [i.name for i in g.input if i.name not in init_names]
 
-    symbolic, static = _with_symbolic_batch(proto, runtime_inputs)
+    symbolic, static = _with_symbolic_batch(without_weights(proto), runtime_inputs)
     try:
         inferred = shape_inference.infer_shapes(symbolic, data_prop=True)
     except Exception as exc:
@@ -224,7 +225,7 @@ def build_graph(loaded: LoadedModel) -> Graph:
     for t in g.initializer:
         array = numpy_helper.to_array(t)
         values[t.name] = Value(t.name, tuple(array.shape), array.dtype, array)
-    _refine_shapes(symbolic, values, runtime_inputs)
+    _refine_shapes(symbolic, values, runtime_inputs, lambda: _with_symbolic_batch(proto, runtime_inputs)[0])
 
     nodes = []
     for i, n in enumerate(g.node):

@@ -222,7 +222,7 @@ class Lowering:
         attr = self.attrs.claim(hint or self._layer_hint(node), fallback=node.op_type.lower())
         self.parts.layers.append(Layer(attr, ctor))
         for key, array in tensors.items():
-            self.parts.tensors[f"{attr}.{key}"] = np.array(array, order="C", copy=True)
+            self.parts.tensors[f"{attr}.{key}"] = np.asarray(array, order="C")  # no copy: torch reads it once
         return f"self.{attr}"
 
     def reference(self, value_name: str) -> str:
@@ -248,7 +248,7 @@ class Lowering:
         else:
             ctor = f"nn.Buffer(torch.empty({shape}, dtype={dtype}))"
         self.parts.layers.append(Layer(attr, ctor))
-        self.parts.tensors[attr] = np.array(array, order="C", copy=True)
+        self.parts.tensors[attr] = np.asarray(array, order="C")
         return f"self.{attr}"
 
     # lowering ---------------------------------------------------------------------------------------

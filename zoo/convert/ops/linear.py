@@ -14,7 +14,9 @@ def gemm(ctx):
     c = ctx.const(2) if ctx.has_input(2) else None
     x = f"{ctx.x(0)}.t()" if trans_a else ctx.x(0)
     if b is not None and b.ndim == 2 and (not ctx.has_input(2) or c is not None):
-        weight = (b if trans_b else b.T) * np.asarray(alpha, dtype=b.dtype)
+        weight = b if trans_b else b.T
+        if alpha != 1.0:  # a copy of the weight only where it changes
+            weight = weight * np.asarray(alpha, dtype=b.dtype)
         out_features, in_features = weight.shape
         if c is not None and c.size in (1, out_features) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
             bias = np.broadcast_to(c.reshape(-1) * np.asarray(beta, dtype=c.dtype), (out_features,))
