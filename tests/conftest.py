@@ -14,21 +14,72 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from zoo.registry import load_registry  # noqa: E402
 from zoo.standins import build_standin  # noqa: E402
 
-# (light graph, logits tensor) for the ONNX model zoo's four files, cut before any final Softmax.
-ZOO_GRAPHS = {
-    "squeezenet": "r65",
-    "densenet121": "fc6_1",
-    "resnet50": "r174",
-    "inception_v1": "r143",
-}
+# Every registry entry: its name, and (light graph, logits tensor) of its ONNX file, cut before any final Softmax.
+ZOO_MODELS = list(load_registry())
+ZOO_GRAPHS = {e.source.standin: e.logits for e in load_registry().values() if e.source.standin}
+# The AlexNet/ZFNet/VGG files hold 240-570 MB of weights: build, convert and load them once per run.
+BIG_MODELS = ("alexnet", "zfnet512", "vgg19")
+
+
+class _Lazy(dict):
+    """A dict that makes each value on first use (a stand-in of VGG-19 takes seconds and 575 MB)."""
+
+    def __init__(self, make):
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        self[key] = value = self._make(key)
+        return value
 
 
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("standins")
-    return {name: build_standin(name, root / f"{name}.onnx", seed=0) for name in ZOO_GRAPHS}
+    return _Lazy(lambda name: build_standin(name, root / f"{name}.onnx", seed=0))
+
+
+@pytest.fixture(scope="session")
+def offline_build(tmp_path_factory):
+    """(Options, results) of one offline build of every registry entry, shared by the whole run."""
+    from zoo.build import Options, build
+
+    root = tmp_path_factory.mktemp("build")
+    opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
+    return opts, build(opts)
+
+
+@pytest.fixture(scope="session")
+def built_modules(offline_build):
+    """Each registry entry's module as the offline build generated it, its stand-in weights loaded."""
+    import json
+
+    from zoo.convert.api import instantiate
+
+    opts, _ = offline_build
+
+    def make(name):
+        config = json.loads((opts.out / name / "config.json").read_text())
+        module = instantiate(opts.models_dir / f"{name}.py", config["architecture"], opts.out / name / "model.safetensors")
+        return module.eval()
+    return _Lazy(make)
+
+
+@pytest.fixture(scope="session")
+def cut_standins(standins, tmp_path_factory):
+    """Each registry entry's stand-in cut at its logits and flattened to (N, classes), as the build does."""
+    from zoo.build import prepare_graph
+
+    root = tmp_path_factory.mktemp("cut")
+    registry = load_registry()
+
+    def make(name):
+        entry = registry[name]
+        return prepare_graph(standins[entry.source.standin], entry.logits, root / f"{name}.onnx")
+    return _Lazy(make)
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

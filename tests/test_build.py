@@ -1,6 +1,7 @@
-"""scripts/build.py: offline build, reproducible sources, incremental skip, a fifth entry, source checks."""
+"""scripts/build.py: offline build, reproducible sources, incremental skip, a tenth entry, source checks."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import subprocess
@@ -9,33 +10,31 @@ from pathlib import Path
 
 import pytest
 import yaml
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from zoo.build import BuildError, Options, build, publish_entry
-from zoo.convert.api import instantiate
 from zoo.registry import DEFAULT_REGISTRY, load_registry
+
+from .conftest import ZOO_MODELS, export, randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "zoo" / "models"
 
 
-@pytest.fixture(scope="module")
-def offline_build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("build")
-    opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
-    return opts, build(opts)
+# offline_build (conftest): one offline build of every registry entry per test run, shared with other files.
 
 
 def test_offline_build_reproduces_committed_sources(offline_build):
     opts, results = offline_build
-    assert [r.status for r in results] == ["built"] * 4
-    for name in ("squeezenet1_1", "densenet121", "resnet50", "googlenet"):
+    assert [r.name for r in results] == ZOO_MODELS and len(ZOO_MODELS) == 9
+    assert [r.status for r in results] == ["built"] * 9
+    for name in ZOO_MODELS:
         generated = (opts.models_dir / f"{name}.py").read_bytes()
         assert generated == (COMMITTED / f"{name}.py").read_bytes(), f"zoo/models/{name}.py is stale: rebuild it"
     assert (opts.models_dir / "__init__.py").read_bytes() == (COMMITTED / "__init__.py").read_bytes()
 
 
-def test_outputs_per_model(offline_build):
+def test_outputs_per_model(offline_build, built_modules):
     opts, results = offline_build
     registry = load_registry()
     for r in results:
@@ -47,8 +46,10 @@ def test_outputs_per_model(offline_build):
         assert config["verification"]["passed"] and len(config["verification"]["rows"]) == 2
         card = (folder / "README.md").read_text()
         assert card.startswith("---\nlicense: ") and "Stand-in weights" in card and "datasets:\n- imagenet-1k" in card
-        model = instantiate(opts.models_dir / f"{r.name}.py", config["architecture"], folder / "model.safetensors")
-        assert set(load_file(str(folder / "model.safetensors"))) == set(model.state_dict())
+        model = built_modules[r.name]
+        assert type(model).__name__ == config["architecture"]
+        with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+            assert set(weights.keys()) == set(model.state_dict())
         assert hasattr(model, registry[r.name].classifier)
         assert r.worst_error < 1e-4
 
@@ -67,54 +68,50 @@ def test_rerun_skips_and_a_changed_entry_rebuilds(offline_build, tmp_path):
     assert "Edited." in (opts.out / "googlenet" / "README.md").read_text()
 
 
-FIFTH = """
-  alexnet:
-    description: BVLC AlexNet, a fifth model added by editing the registry only.
-    upstream: ONNX model zoo "AlexNet", bvlcalexnet-9.onnx
-    paper: https://papers.nips.cc/paper/4824
-    license: BSD-3-Clause
-    source:
-      file: bvlcalexnet-9.onnx
-      urls: [https://huggingface.co/onnxmodelzoo/bvlcalexnet-9/resolve/main/bvlcalexnet-9.onnx]
-      sha256: {sha}
-      size: {size}
-      standin: bvlc_alexnet
-    input_size: [3, 224, 224]
-    preprocessing:
-      channel_order: BGR
-      value_range: 255
-      mean: [104.0, 117.0, 123.0]
-      std: [1.0, 1.0, 1.0]
-      resize: 256
-      crop: 224
-      source: BVLC Caffe reference (BGR mean subtraction).
-    labels: imagenet-1k
-    classifier: fc8
-    logits: r24
-    hub:
-      repo: zoo-models/alexnet
-"""
+def _tenth_entry(sha: str, size: int) -> dict:
+    """torchvision's ResNet-18, not in the registry: a copy of an entry with every model-specific field replaced."""
+    entry = copy.deepcopy(yaml.safe_load(DEFAULT_REGISTRY.read_text())["models"]["resnet50"])
+    entry.update(
+        description="torchvision ResNet-18 (random weights), a tenth model added by editing the registry only.",
+        upstream="torchvision.models.resnet18, exported by torch.onnx.export (opset 13)",
+        license="BSD-3-Clause", classifier="fc", logits="logits", input_size=[3, 224, 224],
+        source={"file": "resnet18-tv-13.onnx", "urls": ["https://example.invalid/resnet18-tv-13.onnx"],
+                "sha256": sha, "size": size},
+        preprocessing={"channel_order": "RGB", "value_range": 1, "mean": [0.485, 0.456, 0.406],
+                       "std": [0.229, 0.224, 0.225], "resize": 256, "crop": 224,
+                       "source": "torchvision's ImageNet weights documentation."})
+    entry.pop("accuracy", None)
+    if "hub" in entry:
+        entry["hub"] = {"repo": "zoo-models/resnet18"}
+    return entry
 
 
-def test_a_fifth_entry_builds_without_code_changes(tmp_path):
+def test_a_tenth_entry_builds_without_code_changes(tmp_path):
+    import torchvision
+
     from zoo.download import file_sha256
-    from zoo.standins import build_standin
 
     onnx_dir = tmp_path / "onnx"
-    standin = build_standin("bvlc_alexnet", onnx_dir / "bvlcalexnet-9.onnx")
+    onnx_dir.mkdir()
+    exported = export(randomize_(torchvision.models.resnet18()), onnx_dir / "resnet18-tv-13.onnx", 13)
+    assert "resnet18" not in load_registry()
     registry = tmp_path / "registry.yaml"
-    registry.write_text(DEFAULT_REGISTRY.read_text() + FIFTH.format(sha=file_sha256(standin),
-                                                                   size=standin.stat().st_size))
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["models"]["resnet18"] = _tenth_entry(file_sha256(exported), exported.stat().st_size)
+    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert list(load_registry(registry)) == [*ZOO_MODELS, "resnet18"]
     models = tmp_path / "models"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build.py"), "alexnet", "--registry", str(registry),
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build.py"), "resnet18", "--registry", str(registry),
                            "--source", str(onnx_dir), "--out", str(tmp_path / "out"), "--models-dir", str(models)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "alexnet" in done.stdout and "built" in done.stdout
-    source = (models / "alexnet.py").read_text()
-    assert "class Alexnet(nn.Module)" in source and "self.fc8 = nn.Linear(4096, 1000)" in source
-    config = json.loads((tmp_path / "out" / "alexnet" / "config.json").read_text())
-    assert config["standin"] is False and config["source"]["sha256"] == file_sha256(standin)
+    assert "resnet18" in done.stdout and "built" in done.stdout
+    source = (models / "resnet18.py").read_text()
+    assert "class Resnet18(nn.Module)" in source and "self.fc = nn.Linear(512, 1000)" in source
+    assert sorted(p.name for p in models.glob("*.py")) == ["__init__.py", "resnet18.py"]  # only what was asked
+    config = json.loads((tmp_path / "out" / "resnet18" / "config.json").read_text())
+    assert config["standin"] is False and config["source"]["sha256"] == file_sha256(exported)
+    assert config["verification"]["passed"]
 
 
 def test_source_folder_with_wrong_file_fails_loudly(tmp_path):
@@ -178,8 +175,10 @@ def test_a_build_interrupted_anywhere_leaves_each_model_old_or_new(offline_build
     outcomes = set()
     for n in range(40):
         out, models = tmp_path / f"out{n}", tmp_path / f"models{n}"
-        shutil.copytree(opts.out, out)
-        shutil.copytree(opts.models_dir, models)
+        shutil.copytree(opts.out / "googlenet", out / "googlenet")  # not the other 1.2 GB of weights, 40 times
+        models.mkdir()
+        for name in ("__init__.py", "googlenet.py"):
+            shutil.copyfile(opts.models_dir / name, models / name)
         old_source = (models / "googlenet.py").read_bytes()
         calls = {"n": 0}
 

@@ -11,7 +11,8 @@ from zoo.registry import DEFAULT_REGISTRY, RegistryError, load_registry
 
 def test_packaged_registry():
     registry = load_registry()
-    assert list(registry) == ["squeezenet1_1", "densenet121", "resnet50", "googlenet"]
+    assert list(registry) == ["squeezenet1_1", "densenet121", "resnet50", "googlenet",
+                              "alexnet", "zfnet512", "vgg19", "inception_v2", "shufflenet"]
     squeeze = registry["squeezenet1_1"]
     assert squeeze.source.file == "squeezenet1.0-9.onnx" and "1.0" in squeeze.upstream
     assert squeeze.source.sha256.startswith("f2d3201f") and squeeze.source.size == 4_952_222
@@ -19,6 +20,16 @@ def test_packaged_registry():
     assert registry["googlenet"].preprocessing.std == (1.0, 1.0, 1.0)
     assert all(e.source.urls[0].startswith("https://huggingface.co/onnxmodelzoo/") for e in registry.values())
     assert all(e.preprocessing.source for e in registry.values())
+    assert all(e.source.standin and e.source.size > 0 and len(e.source.urls) == 2 for e in registry.values())
+    assert len({e.source.sha256 for e in registry.values()}) == 9
+    assert registry["vgg19"].source.size == 574_674_712 and registry["vgg19"].source.sha256.startswith("cfb97260")
+    assert registry["alexnet"].source.file == "bvlcalexnet-9.onnx" and registry["alexnet"].classifier == "fc8"
+    # ShuffleNet's Caffe2 run normalizes 0-1 BGR pixels with the usual statistics in BGR order
+    shuffle = registry["shufflenet"].preprocessing
+    assert (shuffle.channel_order, shuffle.value_range, shuffle.mean) == ("BGR", 1, (0.406, 0.456, 0.485))
+    # no accuracy without a published figure for the file
+    assert registry["inception_v2"].accuracy is None and registry["shufflenet"].accuracy is None
+    assert all(e.accuracy.source for e in registry.values() if e.accuracy)
 
 
 def _write(tmp_path, mutate):
@@ -62,3 +73,12 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("models: [unclosed")
     with pytest.raises(RegistryError, match="not valid YAML"):
         load_registry(bad)
+
+
+def test_readme_model_table_lists_every_model():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("### Models"):readme.index("### Fine-tuning")]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == list(load_registry())  # rows[0] is the header

@@ -13,13 +13,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zoo
+from zoo.registry import load_registry
 from zoo.weights import WeightsError
+
+from .conftest import ZOO_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_constructors_come_from_the_registry():
-    assert zoo.list_models() == ["squeezenet1_1", "densenet121", "resnet50", "googlenet"]
+    assert zoo.list_models() == ZOO_MODELS and len(ZOO_MODELS) == 9
     assert zoo.list_models("*net1*") == ["squeezenet1_1", "densenet121"]
     for name in zoo.list_models():
         fn = getattr(zoo, name)
@@ -108,7 +111,8 @@ def test_labels():
 
 def test_cli_list_info_and_convert(tmp_path):
     listed = subprocess.run([sys.executable, "-m", "zoo", "list"], capture_output=True, text=True, timeout=120)
-    assert listed.returncode == 0 and listed.stdout.split()[0] == "squeezenet1_1" and "googlenet" in listed.stdout
+    assert listed.returncode == 0 and listed.stdout.split()[0] == "squeezenet1_1"
+    assert all(name in listed.stdout.split() for name in ZOO_MODELS)
     info = subprocess.run([sys.executable, "-m", "zoo", "info", "resnet50"], capture_output=True, text=True, timeout=120)
     assert json.loads(info.stdout)["classifier"] == "pred"
     bad = subprocess.run([sys.executable, "-m", "zoo", "info", "nope"], capture_output=True, text=True, timeout=120)
@@ -155,3 +159,53 @@ def test_weights_with_the_wrong_dtype_are_refused(local_weights, tmp_path):
     save_file(state, str(tmp_path / "double.safetensors"))
     with pytest.raises(WeightsError, match=r"wrong dtype: conv1.weight torch.float64 \(model: torch.float32\)"):
         zoo.squeezenet1_1(pretrained=tmp_path / "double.safetensors")
+
+
+def _first_conv(model: torch.nn.Module) -> torch.nn.Conv2d:
+    return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_every_model_loads_built_weights_and_fine_tunes(offline_build, built_modules, name):
+    """The committed source with the offline build's weights is the build's module; a new head fine-tunes."""
+    opts, _ = offline_build
+    folder = opts.out / name
+    entry = load_registry()[name]
+    model = getattr(zoo, name)(pretrained=folder).eval()
+    assert type(model).__module__ == f"zoo.models.{name}" and model.num_classes == 1000
+    assert model.pretrained_cfg["preprocessing"]["channel_order"] == entry.preprocessing.channel_order
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = built_modules[name](x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    tuned = zoo.create_model(name, pretrained=folder, num_classes=7)
+    head = tuned.get_classifier()
+    assert head is getattr(tuned, entry.classifier)
+    assert (head.out_features if isinstance(head, torch.nn.Linear) else head.out_channels) == 7
+    assert torch.equal(_first_conv(tuned).weight, _first_conv(model).weight)  # the backbone is the loaded one
+    tuned.train()
+    loss = torch.nn.functional.cross_entropy(tuned(x), torch.tensor([1, 6]))
+    loss.backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ZOO_MODELS)
+def test_every_model_has_transforms_labels_and_a_hub_entry(name):
+    pre = load_registry()[name].preprocessing
+    flat = Image.fromarray(np.full((300, 400, 3), (10, 20, 30), dtype=np.uint8))
+    out = zoo.transforms(name)(flat)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+    rgb = torch.tensor([10.0, 20.0, 30.0]) / (255.0 if pre.value_range == 1 else 1.0)
+    pixel = rgb.flip(0) if pre.channel_order == "BGR" else rgb
+    torch.testing.assert_close(out[:, 100, 100], (pixel - torch.tensor(pre.mean)) / torch.tensor(pre.std))
+    assert zoo.labels(name) == zoo.labels("resnet50") and len(zoo.labels(name)) == 1000
+    import hubconf
+
+    assert getattr(hubconf, name).__name__ == name
+
+
+def test_torch_hub_loads_a_new_model_from_this_checkout():
+    model = torch.hub.load(str(ROOT), "shufflenet", source="local", trust_repo=True)
+    assert type(model).__module__ == "zoo.models.shufflenet" and isinstance(model.get_classifier(), torch.nn.Linear)
+    with torch.no_grad():
+        assert model(torch.randn(3, 3, 224, 224)).shape == (3, 1000)

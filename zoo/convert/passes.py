@@ -286,6 +286,45 @@ def _generalize_reshape(graph: Graph, i: int, node: Node) -> None:
     out.shape = (BATCH,) + tuple(out.shape[1:]) if out.shape else (BATCH,)
 
 
+def _sole_user(users: dict[str, list[Node]], graph: Graph, name: str, op: str) -> Node | None:
+    found = users.get(name, [])
+    ok = len(found) == 1 and found[0].op_type == op and not found[0].domain and name not in graph.outputs
+    return found[0] if ok else None
+
+
+def fuse_channel_shuffle(graph: Graph) -> None:
+    """ShuffleNet's channel shuffle, Reshape (N, C, H, W) -> (N, g, C/g, H, W), Transpose (0, 2, 1, 3, 4),
+    Reshape -> (N, C, H, W), becomes one ``ChannelShuffle`` node: it reads as a shuffle and works at any
+    batch and image size. Runs after generalize_batch, so a batch copied with 0 is accepted."""
+    users = graph.consumers()
+    removed: set[int] = set()
+    for i, first in enumerate(graph.nodes):
+        if first.op_type != "Reshape" or first.domain or len(first.inputs) < 2 or first.attrs.get("allowzero"):
+            continue
+        shape = graph.value(first.inputs[0]).shape
+        split = graph.value(first.inputs[1]).const
+        if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or split is None or split.shape != (5,):
+            continue
+        n, groups, per_group, h, w = (int(d) for d in split)
+        if n not in (0, shape[0]) or groups < 1 or per_group < 1 or groups * per_group != shape[1] \
+                or [h, w] != list(shape[2:]):
+            continue
+        swap = _sole_user(users, graph, first.outputs[0], "Transpose")
+        if swap is None or list(swap.attrs.get("perm", [])) != [0, 2, 1, 3, 4]:
+            continue
+        last = _sole_user(users, graph, swap.outputs[0], "Reshape")
+        merge = graph.value(last.inputs[1]).const if last is not None and len(last.inputs) > 1 else None
+        if merge is None or merge.shape != (4,) or last.attrs.get("allowzero"):
+            continue
+        if int(merge[0]) not in (0, shape[0]) or int(merge[1]) not in (-1, shape[1]) or \
+                [int(d) for d in merge[2:]] != list(shape[2:]):
+            continue
+        graph.nodes[i] = Node("ChannelShuffle", "zoo", first.name, [first.inputs[0]], list(last.outputs),
+                              {"groups": groups}, 1)
+        removed.update((id(swap), id(last)))
+    graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+
+
 def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
     cut_at(graph, outputs)
     drop_dead_nodes(graph)
@@ -295,9 +334,10 @@ def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
     fuse_linear_bias(graph)
     fuse_gelu(graph)
     generalize_batch(graph)
+    fuse_channel_shuffle(graph)
     drop_dead_nodes(graph)
     return graph
 
 
 __all__ = ["run_passes", "cut_at", "drop_dead_nodes", "fold_constants", "forward_identities",
-           "fuse_batchnorm_scale", "generalize_batch"]
+           "fuse_batchnorm_scale", "generalize_batch", "fuse_channel_shuffle"]
