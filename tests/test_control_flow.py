@@ -6,7 +6,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from zoo.convert import convert, load
+from zoo.convert import convert, load, shapes
 
 from .helpers import make_model, tensor
 
@@ -111,3 +111,50 @@ def test_loop_with_carried_values_scan_outputs_outer_reads_and_a_nested_if(tmp_p
     assert got[1].shape == (4, 2, 3)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-6)
+
+
+def _rank_check(path, dims):
+    """PyTorch's batched-input test: unsqueeze x unless it already has 3 dimensions; the branches differ in
+    rank, so what follows (a Transpose, which needs the rank) has one only once the If is settled."""
+    then_g = _branch("then", [helper.make_node("Unsqueeze", ["x", "zero_axis"], ["t"])], "t")
+    else_g = _branch("else", [helper.make_node("Identity", ["x"], ["e"])], "e")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Size", ["shape"], ["rank"]),
+        helper.make_node("Equal", ["rank", "three"], ["is3"]),
+        helper.make_node("Not", ["is3"], ["cond"]),
+        helper.make_node("If", ["cond"], ["b"], then_branch=then_g, else_branch=else_g),
+        helper.make_node("Transpose", ["b"], ["y"]),
+    ]
+    make_model(nodes, [tensor("x", dims)], [tensor("y", [None, None, None])],
+               {"zero_axis": np.array([0]), "three": np.array(3)}, path=path)
+    return path
+
+
+def test_rank_check_if_is_settled_before_shape_inference(tmp_path, monkeypatch):
+    monkeypatch.setattr(shapes, "probe", lambda *a: None)  # the rank must come from settling alone
+    monkeypatch.setattr(shapes, "symbolic_infer", lambda *a: None)
+    path = _rank_check(tmp_path / "rank_if.onnx", [2, "t", 4])
+    source = convert(path, tmp_path / "out").source_path.read_text()
+    assert " if " not in source and "permute(2, 1, 0)" in source
+    x = RNG.standard_normal((2, 5, 4)).astype(np.float32)
+    np.testing.assert_allclose(load(path)(torch.from_numpy(x)).detach().numpy(), _ort(path, {"x": x})[0])
+
+
+def test_if_on_a_size_known_only_at_run_time_stays_an_if(tmp_path):
+    """x.shape[-1] == 1 is unknown while the last dimension is symbolic: never taken as False."""
+    then_g = _branch("then", [helper.make_node("Neg", ["x"], ["t"])], "t")
+    else_g = _branch("else", [helper.make_node("Relu", ["x"], ["e"])], "e")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "last"], ["n"], axis=0),
+        helper.make_node("Equal", ["n", "one"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+    ]
+    path = tmp_path / "dyn_if.onnx"
+    make_model(nodes, [tensor("x", ["batch", 3, "t"])], [tensor("y", ["batch", 3, "t"])],
+               {"last": np.array(-1), "one": np.array(1)}, path=path)
+    module = load(path)
+    for t in (1, 4):
+        x = RNG.standard_normal((2, 3, t)).astype(np.float32)
+        np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), _ort(path, {"x": x})[0])

@@ -18,10 +18,7 @@ _spec.loader.exec_module(corpus)
 CACHE = Path(os.environ.get("ZOO_CORPUS_CACHE", corpus.DEFAULT_CACHE))
 # What does not convert yet, and why (README, "Real-world files"); everything else must match.
 KNOWN_FAILURES = {
-    "ppocr_v4_det": "relative error 0.07 against onnxruntime, not yet traced",
-    "ppocr_v4_rec": "a Reshape to a runtime shape holding 0 (copy this dimension)",
     "ddddocr_common_old": "DynamicQuantizeLinear, MatMulInteger, com.microsoft DynamicQuantizeLSTM",
-    "silero_vad": "ranks inside If branches that depend on the sample-rate input",
 }
 PASSING = [e for e in corpus.CORPUS if e.name not in KNOWN_FAILURES]
 

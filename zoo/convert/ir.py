@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper, shape_inference
 from . import shapes
 from .errors import ConversionError
 from .loader import LoadedModel, without_weights
+from .settle import settle_ifs
 
 BATCH = "batch"
 Dim = int | str | None
@@ -211,6 +212,7 @@ def build_graph(loaded: LoadedModel) -> Graph:
     init_names = {t.name for t in g.initializer}
     runtime_inputs = [i.name for i in g.input if i.name not in init_names]
 
+    settle_ifs(proto, lambda: _with_symbolic_batch(without_weights(proto), runtime_inputs)[0])
     symbolic, static = _with_symbolic_batch(without_weights(proto), runtime_inputs)
     try:
         inferred = shape_inference.infer_shapes(symbolic, data_prop=True)

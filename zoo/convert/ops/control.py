@@ -16,6 +16,7 @@ from ..ir import Graph, Node, Value, _attributes, _dims, implicit_inputs
 from ..lower import TOKEN, Multi
 from ..naming import RESERVED, Namespace, sanitize
 from ..registry import find_handler, register_op
+from ..settle import STATIC_OPS
 
 
 def _outer_names(ctx) -> dict[str, str]:
@@ -156,27 +157,17 @@ def _static_value(graph: Graph, name: str, producers: dict, depth: int = 0):
             return None
         dims = [d if isinstance(d, int) else None for d in shape]
         return np.array(dims[node.attrs.get("start", 0): node.attrs.get("end", len(dims))], dtype=object)
+    if node.op_type == "Size":
+        shape = graph.value(node.inputs[0]).shape
+        return np.array(int(np.prod(shape))) if shape and all(isinstance(d, int) for d in shape) else None
     args = [_static_value(graph, i, producers, depth + 1) if i else None for i in node.inputs]
-    if any(a is None for a in args) or node.op_type not in _STATIC_OPS:
+    if any(a is None for a in args) or node.op_type not in STATIC_OPS or node.proto is None:
         return None
     try:
-        out = np.asarray(_STATIC_OPS[node.op_type](node, *args))
+        out = np.asarray(STATIC_OPS[node.op_type](node.proto, *args))
     except Exception:  # None met arithmetic: not settled
         return None
     return None if out.dtype == object and any(v is None for v in out.reshape(-1)) else out
-
-
-_STATIC_OPS = {
-    "Gather": lambda n, x, i: np.take(x, i, axis=n.attrs.get("axis", 0)),
-    "Equal": lambda n, a, b: np.asarray(a == b, dtype=bool) if a.dtype != object and b.dtype != object
-    else np.array([x is not None and y is not None and x == y for x, y in np.broadcast(a, b)]).reshape(
-        np.broadcast(a, b).shape),
-    "Greater": lambda n, a, b: a > b, "Less": lambda n, a, b: a < b,
-    "Not": lambda n, a: ~a.astype(bool), "And": lambda n, a, b: a & b, "Or": lambda n, a, b: a | b,
-    "Identity": lambda n, a: a, "Cast": lambda n, a: a, "Size": lambda n, a: np.array(a.size),
-    "Squeeze": lambda n, a, *axes: a.reshape(()) if a.size == 1 else a,
-    "Unsqueeze": lambda n, a, *axes: a.reshape(-1),
-}
 
 
 def _drop_dead_check(ctx, name: str) -> None:

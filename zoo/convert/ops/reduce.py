@@ -26,7 +26,7 @@ def _reduce(op: str):
     template, input_since = _REDUCE[op]
 
     def handler(ctx):
-        rank = ctx.rank(0)
+        rank = ctx.value(0).rank
         if ctx.opset >= input_since:
             axes = ctx.const(1) if ctx.has_input(1) else None
             if ctx.has_input(1) and axes is None:
@@ -36,7 +36,11 @@ def _reduce(op: str):
                 return ctx.x(0)
         else:
             axes = ctx.attr("axes")
-        dims = tuple(sorted(a % rank for a in axes)) if axes else tuple(range(rank))
+        if rank is None and axes and template is not None:
+            dims = tuple(sorted(axes))  # torch counts negative dims from the end as ONNX does: no rank needed
+        else:
+            rank = ctx.rank(0)
+            dims = tuple(sorted(a % rank for a in axes)) if axes else tuple(range(rank))
         keep = bool(ctx.attr("keepdims", 1))
         x = ctx.x(0)
         dtype = ctx.dtype(0)

@@ -20,12 +20,21 @@ def identity(ctx):
     return ctx.x(0)
 
 
+RESHAPE = '''
+def reshape(x, shape):
+    # ONNX Reshape to a shape known only at run time: a 0 keeps the input's size at that position.
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(shape.tolist())])
+'''
+
+
 @register_op("Reshape", since=1)
 def reshape(ctx):
     target = ctx.attr("shape") if ctx.opset < 5 else ctx.const(1)
     x = ctx.x(0)
     if target is None:
-        return f"{x}.reshape({ctx.x(1)}.tolist())"
+        if ctx.opset >= 14 and ctx.attr("allowzero", 0):
+            return f"{x}.reshape({ctx.x(1)}.tolist())"
+        return f"{ctx.helper('reshape', RESHAPE)}({x}, {ctx.x(1)})"
     target = _ints(target)
     allow_zero = ctx.opset >= 14 and ctx.attr("allowzero", 0)
     if not allow_zero and 0 in target:
@@ -75,6 +84,12 @@ def unsqueeze(ctx):
     if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None:
         return _static_out(ctx)
     axes = _axes(ctx, 1, "axes")
+    if ctx.value(0).rank is None and (len(axes) == 1 or min(axes) >= 0):
+        # torch counts a negative unsqueeze axis from the end of the output, as ONNX does: no rank needed
+        expr = ctx.x(0)
+        for a in sorted(axes):
+            expr = f"{expr}.unsqueeze({a})"
+        return expr
     out_rank = ctx.rank(0) + len(axes)
     expr = ctx.x(0)
     for a in sorted(a % out_rank for a in axes):
@@ -89,6 +104,9 @@ def squeeze(ctx):
     axes = _axes(ctx, 1, "axes")
     if axes is None:
         return f"{ctx.x(0)}.squeeze()"
+    if ctx.value(0).rank is None:  # torch.squeeze reads negative dims as ONNX does
+        dims = tuple(axes)
+        return f"{ctx.x(0)}.squeeze({dims[0]})" if len(dims) == 1 else f"{ctx.x(0)}.squeeze({ctx.lit(dims)})"
     rank = ctx.rank(0)
     dims = tuple(sorted(a % rank for a in axes))
     return f"{ctx.x(0)}.squeeze({dims[0]})" if len(dims) == 1 else f"{ctx.x(0)}.squeeze({ctx.lit(dims)})"
