@@ -35,6 +35,8 @@ def _model(path, op, direction="forward", layout=0, initial=True, bias=True, **a
     y_shape = ["batch", SEQ, d, HIDDEN] if layout else [SEQ, d, "batch", HIDDEN]
     if op == "GRU":
         attrs.setdefault("linear_before_reset", 1)
+    if "activations" in attrs:
+        attrs["activations"] = list(attrs["activations"]) * d
     node = helper.make_node(op, inputs, outputs, hidden_size=HIDDEN, direction=direction, layout=layout, **attrs)
     make_model([node], graph_inputs, [tensor("y", y_shape)] + [tensor(o, state_shape) for o in outputs[1:]],
                inits, opset=14, path=path)
@@ -91,10 +93,55 @@ def test_reads_like_a_hand_written_layer_and_trains(tmp_path):
     assert layer.weight_hh_l0_reverse.grad.abs().sum() > 0
 
 
-def test_what_pytorch_cannot_express_is_refused_by_name(tmp_path):
-    path = _model(tmp_path / "gru.onnx", "GRU", linear_before_reset=0)
-    with pytest.raises(ConversionError, match="GRU node.*linear_before_reset=0"):
-        load(path)
-    path = _model(tmp_path / "lstm.onnx", "LSTM", clip=1.0)
-    with pytest.raises(ConversionError, match="LSTM node.*clip"):
+@pytest.mark.parametrize("op,attrs", [
+    ("GRU", {"linear_before_reset": 0}),
+    ("LSTM", {"clip": 0.7}),
+    ("RNN", {"activations": ["Sigmoid"]}),
+    ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Softsign"]}),
+])
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_what_nn_layers_cannot_express_runs_as_an_exact_step_loop(tmp_path, op, attrs, direction):
+    path = _model(tmp_path / "rnn.onnx", op, direction, **attrs)
+    source = convert(path, tmp_path / "out").source_path.read_text()
+    assert "recurrent_cells(" in source and f"nn.{op}(" not in source
+    module = _compare(path)
+    module.train()
+    y = module(*[torch.randn(*s) for s in [(SEQ, 2, INPUT)] + [(2 if direction == "bidirectional" else 1, 2,
+                                                                  HIDDEN)] * (2 if op == "LSTM" else 1)])
+    y[0].sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_per_sample_sequence_lengths_and_peepholes(tmp_path, direction):
+    rng = np.random.default_rng(3)
+    d = 2 if direction == "bidirectional" else 1
+    inits = {"W": rng.normal(0, 0.5, (d, 4 * HIDDEN, INPUT)).astype(np.float32),
+             "R": rng.normal(0, 0.5, (d, 4 * HIDDEN, HIDDEN)).astype(np.float32),
+             "B": rng.normal(0, 0.5, (d, 8 * HIDDEN)).astype(np.float32),
+             "P": rng.normal(0, 0.5, (d, 3 * HIDDEN)).astype(np.float32),
+             "lens": np.array([SEQ, 2, 4], np.int32)}
+    node = helper.make_node("LSTM", ["x", "W", "R", "B", "lens", "", "", "P"], ["y", "y_h", "y_c"],
+                            hidden_size=HIDDEN, direction=direction)
+    path = tmp_path / "lstm.onnx"
+    make_model([node], [tensor("x", [SEQ, 3, INPUT])],
+               [tensor("y", [SEQ, d, 3, HIDDEN]), tensor("y_h", [d, 3, HIDDEN]), tensor("y_c", [d, 3, HIDDEN])],
+               inits, opset=14, path=path)
+    _compare(path, batch=3)
+
+
+def test_weights_computed_at_run_time(tmp_path):
+    """W arrives as a graph input: the step loop reads it like any tensor."""
+    rng = np.random.default_rng(4)
+    node = helper.make_node("GRU", ["x", "W", "R"], ["y", "y_h"], hidden_size=HIDDEN, linear_before_reset=1)
+    path = tmp_path / "gru.onnx"
+    make_model([node], [tensor("x", [SEQ, "batch", INPUT]), tensor("W", [1, 3 * HIDDEN, INPUT])],
+               [tensor("y", [SEQ, 1, "batch", HIDDEN]), tensor("y_h", [1, "batch", HIDDEN])],
+               {"R": rng.normal(0, 0.5, (1, 3 * HIDDEN, HIDDEN)).astype(np.float32)}, opset=14, path=path)
+    _compare(path)
+
+
+def test_activation_parameters_are_refused_by_name(tmp_path):
+    path = _model(tmp_path / "rnn.onnx", "RNN", activations=["LeakyRelu"], activation_alpha=[0.3])
+    with pytest.raises(ConversionError, match="RNN node.*activations"):
         load(path)
