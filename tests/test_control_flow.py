@@ -158,3 +158,22 @@ def test_if_on_a_size_known_only_at_run_time_stays_an_if(tmp_path):
     for t in (1, 4):
         x = RNG.standard_normal((2, 3, t)).astype(np.float32)
         np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), _ort(path, {"x": x})[0])
+
+
+def test_scan_carries_a_state_and_stacks_outputs_in_both_directions(tmp_path):
+    """A running sum over axis 1, read last to first, its steps stacked along axis 1 as well."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "x_t"], ["acc_out"]),
+         helper.make_node("Mul", ["acc_out", "scale"], ["y_t"])],
+        "body", [tensor("acc_in", ["batch"]), tensor("x_t", ["batch"])],
+        [tensor("acc_out", ["batch"]), tensor("y_t", ["batch"])])
+    node = helper.make_node("Scan", ["acc0", "x"], ["acc", "ys"], body=body, num_scan_inputs=1,
+                            scan_input_axes=[1], scan_input_directions=[1], scan_output_axes=[-1])
+    path = tmp_path / "scan.onnx"
+    make_model([node], [tensor("acc0", ["batch"]), tensor("x", ["batch", 5])],
+               [tensor("acc", ["batch"]), tensor("ys", ["batch", 5])], {"scale": np.array(0.5, np.float32)},
+               path=path)
+    acc0, x = RNG.standard_normal(3).astype(np.float32), RNG.standard_normal((3, 5)).astype(np.float32)
+    got = load(path)(torch.from_numpy(acc0), torch.from_numpy(x))
+    for g, e in zip(got, _ort(path, {"acc0": acc0, "x": x})):
+        np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Control flow: If and Loop, whose subgraphs become module-level functions of ``self``.
+"""Control flow: If, Loop and Scan, whose subgraphs become module-level functions of ``self``.
 
 A subgraph is lowered by the same handlers as the main graph, into a statement list of its own, and
 emitted by the same :func:`emit_body`, so branches and loop bodies read like the rest of the module.
@@ -242,4 +242,55 @@ def loop(ctx):
     carried = ", ".join(ctx.x(i) for i in range(2, explicit))
     free_refs = ", ".join(ctx._lowering.reference(v) for v in free)
     expr = f"{runner}({name}, self, {trip}, {cond}, [{carried}], [{free_refs}])"
+    return Multi(expr) if len(ctx.node.outputs) > 1 else f"{expr}[0]"
+
+
+RUN_SCAN = '''
+def run_scan(body, module, states, inputs, free, in_axes, in_reverse, out_axes, out_reverse):
+    # ONNX Scan: slice each scan input along its axis, carry the states, stack each scan output.
+    steps = inputs[0].shape[in_axes[0]]
+    outs = []
+    for i in range(steps):
+        xs = [x.select(a, steps - 1 - i if rev else i) for x, a, rev in zip(inputs, in_axes, in_reverse)]
+        out = body(module, *states, *xs, *free)
+        out = out if isinstance(out, tuple) else (out,)
+        states, step = list(out[:len(states)]), out[len(states):]
+        outs.append(step)
+    stacked = []
+    for k, a, rev in zip(range(len(out_axes)), out_axes, out_reverse):
+        seq = [o[k] for o in outs]
+        stacked.append(torch.stack(seq[::-1] if rev else seq, dim=a))
+    return (*states, *stacked)
+'''
+
+
+@register_op("Scan", since=9)
+def scan(ctx):
+    renamed = _outer_names(ctx)
+    explicit = len(ctx.node.proto.input)
+    n_in = int(ctx.attr("num_scan_inputs"))
+    n_state = explicit - n_in
+    sub = subgraph(ctx, ctx.attr("body"), renamed)
+    n_out = len(sub.outputs) - n_state
+
+    def axes(name: str, count: int, rank_of) -> list[int]:
+        return [a if a >= 0 else a % rank_of(i) for i, a in enumerate(ctx.attr(name) or [0] * count)]
+
+    def out_rank(i: int) -> int:
+        shape = ctx.out_shape(n_state + i)
+        if shape is None:
+            raise Unsupported("a negative scan output axis on an output of unknown rank")
+        return len(shape)
+
+    in_axes = axes("scan_input_axes", n_in, lambda i: ctx.rank(n_state + i))
+    out_axes = axes("scan_output_axes", n_out, out_rank)
+    in_rev = [bool(d) for d in (ctx.attr("scan_input_directions") or [0] * n_in)]
+    out_rev = [bool(d) for d in (ctx.attr("scan_output_directions") or [0] * n_out)]
+    name, free = emit_function(ctx, "body", sub, lower_nodes(ctx, sub), sub.inputs)
+    runner = ctx.helper("run_scan", RUN_SCAN)
+    states = ", ".join(ctx.x(i) for i in range(n_state))
+    inputs = ", ".join(ctx.x(i) for i in range(n_state, explicit))
+    free_refs = ", ".join(ctx._lowering.reference(v) for v in free)
+    expr = (f"{runner}({name}, self, [{states}], [{inputs}], [{free_refs}], {ctx.lit(in_axes)}, {ctx.lit(in_rev)}, "
+            f"{ctx.lit(out_axes)}, {ctx.lit(out_rev)})")
     return Multi(expr) if len(ctx.node.outputs) > 1 else f"{expr}[0]"
