@@ -209,11 +209,11 @@ def build_graph(loaded: LoadedModel) -> Graph:
     proto = loaded.proto
     g = proto.graph
     opsets = {op.domain if op.domain != "ai.onnx" else "": op.version for op in proto.opset_import}
-    init_names = {t.name for t in g.initializer}
+    init_names = {t.name for t in g.initializer} | set(loaded.weights)
     runtime_inputs = [i.name for i in g.input if i.name not in init_names]
 
-    settle_ifs(proto, lambda: _with_symbolic_batch(without_weights(proto), runtime_inputs)[0])
-    symbolic, static = _with_symbolic_batch(without_weights(proto), runtime_inputs)
+    settle_ifs(proto, lambda: _with_symbolic_batch(without_weights(proto, loaded.weights), runtime_inputs)[0])
+    symbolic, static = _with_symbolic_batch(without_weights(proto, loaded.weights), runtime_inputs)
     try:
         inferred = shape_inference.infer_shapes(symbolic, data_prop=True)
     except Exception as exc:
@@ -227,7 +227,10 @@ def build_graph(loaded: LoadedModel) -> Graph:
     for t in g.initializer:
         array = numpy_helper.to_array(t)
         values[t.name] = Value(t.name, tuple(array.shape), array.dtype, array)
-    _refine_shapes(symbolic, values, runtime_inputs, lambda: _with_symbolic_batch(proto, runtime_inputs)[0])
+    for name, array in loaded.weights.items():
+        values[name] = Value(name, tuple(array.shape), array.dtype, array)
+    _refine_shapes(symbolic, values, runtime_inputs,
+                   lambda: _with_symbolic_batch(loaded.full_proto(), runtime_inputs)[0])
 
     nodes = []
     for i, n in enumerate(g.node):

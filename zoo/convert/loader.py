@@ -4,14 +4,15 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from .errors import ConversionError
+from .wire import read_apart
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,17 @@ class LoadedModel:
     proto: onnx.ModelProto
     path: Path
     sha256: str
+    # Big initializers read straight into arrays, kept out of ``proto`` so the weights are in memory once.
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def full_proto(self) -> onnx.ModelProto:
+        """``proto`` with the initializers kept apart put back (a copy; for running it with onnxruntime)."""
+        if not self.weights:
+            return self.proto
+        full = onnx.ModelProto()
+        full.CopyFrom(self.proto)
+        full.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in self.weights.items())
+        return full
 
 
 def sha256_of(path: Path) -> str:
@@ -52,8 +64,9 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
 SMALL_TENSOR = 1024
 
 
-def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model whose big initializers are graph inputs of the same type and shape."""
+def without_weights(proto: onnx.ModelProto, apart: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """A copy of the model whose big initializers (and those kept ``apart``) are graph inputs of the same
+    type and shape."""
     light = onnx.ModelProto()
     graph = proto.graph
     light.CopyFrom(onnx.ModelProto(ir_version=proto.ir_version, opset_import=proto.opset_import,
@@ -72,24 +85,29 @@ def without_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
             g.initializer.append(t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    for name, array in (apart or {}).items():
+        if name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
     return light
 
 
-def load_model(onnx_path: str | os.PathLike) -> LoadedModel:
+def load_model(onnx_path: str | os.PathLike, weights_apart: bool = True) -> LoadedModel:
+    """The checked model; with ``weights_apart``, its big initializers as arrays in ``weights``."""
     path = Path(onnx_path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ConversionError(f"{path}: the file is empty")
-    data = path.read_bytes()
-    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while protobuf parses
-        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+    proto, weights = None, {}
+    if weights_apart:
         try:
-            proto = onnx.load_model_from_string(data)
-        except Exception as exc:  # protobuf raises DecodeError and friends
-            raise ConversionError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
-        sha256 = digest.result()
-    del data
+            light, weights, sha256 = read_apart(path, SMALL_TENSOR)
+            proto = onnx.load_model_from_string(light)
+        except Exception:  # anything unusual: protobuf's own parser, below, says what is wrong
+            proto, weights = None, {}
+    if proto is None:
+        proto, sha256 = _parse_whole(path)
     if not proto.graph.node and not proto.graph.output:
         raise ConversionError(f"{path}: not an ONNX model (no graph)")
     _check_external_locations(proto, path)
@@ -98,7 +116,18 @@ def load_model(onnx_path: str | os.PathLike) -> LoadedModel:
     except Exception as exc:
         raise ConversionError(f"{path}: cannot read external data ({exc})") from exc
     try:
-        onnx.checker.check_model(without_weights(proto))
+        onnx.checker.check_model(without_weights(proto, weights))
     except Exception as exc:
         raise ConversionError(f"{path}: fails onnx.checker: {exc}") from exc
-    return LoadedModel(proto=proto, path=path, sha256=sha256)
+    return LoadedModel(proto=proto, path=path, sha256=sha256, weights=weights)
+
+
+def _parse_whole(path: Path) -> tuple[onnx.ModelProto, str]:
+    data = path.read_bytes()
+    with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while protobuf parses
+        digest = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        try:
+            proto = onnx.load_model_from_string(data)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise ConversionError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        return proto, digest.result()

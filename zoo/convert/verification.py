@@ -97,7 +97,7 @@ def verify(onnx_path: str | os.PathLike, module: torch.nn.Module, *, batch_sizes
     ``outputs`` defaults to what the module was converted to return (``module.zoo_onnx_outputs``) or the
     graph's outputs. A graph that hard-codes batch 1 is run once per sample and the results stacked.
     """
-    loaded = load_model(onnx_path)
+    loaded = load_model(onnx_path, weights_apart=False)  # onnxruntime runs the whole model
     graph = build_graph(loaded)
     outputs = list(outputs or getattr(module, "zoo_onnx_outputs", None) or graph.outputs)
     session = _ort_session(loaded.proto, outputs)
