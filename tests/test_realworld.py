@@ -101,3 +101,48 @@ def test_torchvision_export_with_lost_shapes(arch, tmp_path):
         expected, got = original(x), module(x)
     assert expected.abs().max() > 1e-2
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def _two_big_layers(path, size=4096):
+    """Two size x size fully-connected layers: 2 * 64 MB of float32 weights at the default size."""
+    rng = np.random.default_rng(0)
+    inits = {f"w{i}": rng.standard_normal((size, size), dtype=np.float32) for i in (1, 2)}
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2"], ["y"], transB=1)]
+    make_model(nodes, [tensor("x", ["batch", size])], [tensor("y", ["batch", size])], inits, path=path)
+    return path
+
+
+def test_big_weights_are_read_straight_into_arrays(tmp_path):
+    from zoo.convert.loader import load_model, sha256_of
+
+    path = _two_big_layers(tmp_path / "fc.onnx", size=256)
+    apart, whole = load_model(path), load_model(path, weights_apart=False)
+    assert set(apart.weights) == {"w1", "w2"} and not apart.proto.graph.initializer
+    assert apart.sha256 == whole.sha256 == sha256_of(path)
+    expected = {t.name: onnx.numpy_helper.to_array(t) for t in whole.proto.graph.initializer}
+    assert all(np.array_equal(apart.weights[k], expected[k]) for k in expected)
+    assert verify(path, load(path)).passed
+
+
+def test_a_file_cut_short_is_still_a_clear_error(tmp_path):
+    path = _two_big_layers(tmp_path / "fc.onnx", size=256)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match="fc.onnx: not a readable ONNX model"):
+        load(path)
+
+
+def test_conversion_holds_the_weights_in_memory_about_once(tmp_path):
+    """Peak RSS of a fresh process converting 128 MB of weights, above what its imports took."""
+    import subprocess
+    import sys
+
+    path = _two_big_layers(tmp_path / "fc.onnx")
+    code = ("import resource, sys, tempfile\nfrom zoo.convert import convert\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "convert(sys.argv[1], tempfile.mkdtemp())\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+    extra_kb = int(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                  check=True).stdout.split()[-1])
+    assert extra_kb / 1024 <= 1.5 * 128, f"{extra_kb / 1024:.0f} MB above the imports for 128 MB of weights"
