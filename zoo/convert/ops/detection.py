@@ -31,7 +31,8 @@ def non_max_suppression(boxes, scores, max_per_class=None, iou_threshold=None, s
                     break
                 if keep:
                     k = torch.tensor(keep, device=boxes.device)
-                    inter = (torch.minimum(hi[b, i], hi[b, k]) - torch.maximum(lo[b, i], lo[b, k])).clamp(min=0).prod(-1)
+                    overlap = torch.minimum(hi[b, i], hi[b, k]) - torch.maximum(lo[b, i], lo[b, k])
+                    inter = overlap.clamp(min=0).prod(-1)
                     union = area[b, i] + area[b, k] - inter
                     iou = torch.where(union > 0, inter / union, torch.zeros_like(union))
                     if bool((iou > iou_limit).any()):
