@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .blocks import discover_blocks
 from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
@@ -67,7 +68,8 @@ def _default_name(path: Path) -> str:
     return stem if not stem[0].isdigit() else "model_" + stem
 
 
-def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier) -> _Compiled:
+def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier,
+             structure: bool = False) -> _Compiled:
     loaded = load_model(onnx_path)
     graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
@@ -76,6 +78,8 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
     for out in graph.outputs:
         if graph.value(out).const is not None:
             lowering.reference(out)
+    if structure:
+        parts = discover_blocks(graph, parts, {classifier} if classifier else set())
     args = Namespace(RESERVED)
     arg_names = {inp: args.claim(inp, fallback="input") for inp in graph.inputs}
     if classifier:
@@ -160,12 +164,15 @@ def _atomic_write(path: Path, write) -> None:
 
 def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
             outputs: Sequence[str] | None = None, classifier: str | None = None, source_name: str | None = None,
-            source_sha256: str | None = None, regenerate: str | None = None) -> ConversionResult:
+            source_sha256: str | None = None, regenerate: str | None = None,
+            structure: bool = False) -> ConversionResult:
     """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
 
     ``outputs`` cuts the graph at the named tensors. ``classifier`` names a generated layer (e.g. ``"fc"``):
     the module then gets ``forward_features`` (everything before it) and ``forward_head``, like timm's
-    models. ``source_name``, ``source_sha256`` and ``regenerate``
+    models. ``structure=True`` turns repeated blocks into classes and restores the module tree of
+    PyTorch exports (see :mod:`zoo.convert.blocks`); the default writes one flat class.
+    ``source_name``, ``source_sha256`` and ``regenerate``
     only change the header of the generated file (the build uses them so that a stand-in and the real
     file give byte-identical source).
     """
@@ -174,7 +181,8 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     if not name:
         raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
     try:
-        compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier)
+        compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier,
+                            structure)
     except ConversionError:
         raise
     except RecursionError as exc:

@@ -51,6 +51,7 @@ class Statement:
 class Layer:
     attr: str
     ctor: str
+    hint: str = ""  # the name it was given in the file, before sanitizing (block discovery reads its parts)
 
 
 @dataclass
@@ -61,6 +62,7 @@ class ModuleParts:
     token_values: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     helpers: dict[str, str] = field(default_factory=dict)  # module-level functions some ops need
+    classes: dict[str, str] = field(default_factory=dict)  # block classes found by zoo.convert.blocks
 
 
 def torch_dtype(dtype: np.dtype | None) -> str:
@@ -210,17 +212,25 @@ class Lowering:
             base = strip_role(os.path.commonprefix(stripped)) if len(stripped) > 1 else strip_role(stripped[0])
             if sanitize(base):
                 return base
+        return self._given_name(node) or node.op_type.lower()
+
+    @staticmethod
+    def _given_name(node: Node) -> str:
+        """A name the file gives a node: its exporter scope as a module path ('features.2'), its own name,
+        or its output's ('pool5_7x7_s1'), unless it is a counter ('n12', 'MaxPool_3')."""
         if node.name.startswith("/"):
-            scoped = torch_scope_name(node.name, node.op_type)
+            scoped = torch_scope_name(node.name, node.op_type, sep=".")
             if sanitize(scoped):
                 return scoped
-        if node.name and not looks_generated(node.name):
-            return node.name
-        return node.op_type.lower()
+        for name in (node.name, *node.outputs[:1]):
+            if name and not looks_generated(name):
+                return name
+        return ""
 
     def declare_layer(self, node: Node, ctor: str, hint: str | None, tensors: dict[str, np.ndarray]) -> str:
-        attr = self.attrs.claim(hint or self._layer_hint(node), fallback=node.op_type.lower())
-        self.parts.layers.append(Layer(attr, ctor))
+        wanted = (hint and self._given_name(node)) or hint or self._layer_hint(node)
+        attr = self.attrs.claim(wanted, fallback=node.op_type.lower())
+        self.parts.layers.append(Layer(attr, ctor, wanted))
         for key, array in tensors.items():
             self.parts.tensors[f"{attr}.{key}"] = np.asarray(array, order="C")  # no copy: torch reads it once
         return f"self.{attr}"
@@ -239,15 +249,15 @@ class Lowering:
 
     def _materialize(self, value: Value) -> str:
         array = value.const
-        attr = self.attrs.claim(value.name[len(self._param_prefix):] if not looks_generated(value.name)
-                                else "const", fallback="const")
+        wanted = value.name[len(self._param_prefix):] if not looks_generated(value.name) else "const"
+        attr = self.attrs.claim(wanted, fallback="const")
         dtype = torch_dtype(array.dtype)
         shape = lit(tuple(array.shape))
         if array.dtype.kind == "f":
             ctor = f"nn.Parameter(torch.empty({shape}, dtype={dtype}))"
         else:
             ctor = f"nn.Buffer(torch.empty({shape}, dtype={dtype}))"
-        self.parts.layers.append(Layer(attr, ctor))
+        self.parts.layers.append(Layer(attr, ctor, wanted))
         self.parts.tensors[attr] = np.asarray(array, order="C")
         return f"self.{attr}"
 

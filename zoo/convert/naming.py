@@ -55,8 +55,9 @@ def strip_role(name: str) -> str:
     return "".join(parts)
 
 
-def torch_scope_name(node_name: str, op_type: str) -> str:
-    """'/layer1/layer1.0/conv1/Conv' (torch.onnx.export scopes) -> 'layer1_0_conv1'."""
+def torch_scope_name(node_name: str, op_type: str, sep: str = "_") -> str:
+    """'/layer1/layer1.0/conv1/Conv' (torch.onnx.export scopes) -> 'layer1_0_conv1' ('layer1.0.conv1' with
+    ``sep='.'``: the module path)."""
     parts = [p for p in node_name.split("/") if p]
     if parts and re.fullmatch(re.escape(op_type) + r"(_\d+)?", parts[-1]):
         parts = parts[:-1]
@@ -65,7 +66,7 @@ def torch_scope_name(node_name: str, op_type: str) -> str:
     for part in parts:
         kept.append(part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part)
         previous = part
-    return "_".join(kept)
+    return sep.join(kept)
 
 
 def looks_generated(name: str) -> bool:
