@@ -4,6 +4,6 @@ One entry per model in zoo/registry.yaml, the same functions as ``zoo.<name>``.
 """
 dependencies = ["torch", "torchvision", "onnx", "safetensors", "huggingface_hub", "yaml"]
 
-import zoo as _zoo  # noqa: E402
+from zoo.factory import constructors as _constructors  # noqa: E402
 
-globals().update(_zoo.constructors())
+globals().update(_constructors())

@@ -43,15 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     print("1. building the zoo from stand-ins (random weights, NOT pretrained) ...")
     results = build(Options(out=out / "build", offline=True, models_dir=out / "models", jobs=2))
     for r in results:
-        summary.append(f"built {r.name:<14} worst error vs onnxruntime {r.worst_error:.1e} ({r.status})")
+        if r.status == "no-standin":
+            summary.append(f"skipped {r.name:<12} (no stand-in for an offline build)")
+        else:
+            summary.append(f"built {r.name:<14} worst error vs onnxruntime {r.worst_error:.1e}"
+                           + (" (unchanged since the last run)" if r.status == "skipped" else ""))
 
     with LocalHub(out / "hub") as hub:
         print(f"2. publishing to a loopback Hub at {hub.endpoint} ...")
         os.environ["HF_ENDPOINT"] = hub.endpoint
         results = build(Options(out=out / "build", offline=True, models_dir=out / "models", push=True,
-                                publisher=hub.publisher(), pins=out / "published.json"))
+                                publisher=hub.publisher(), pins=out / "published.json", namespace="demo"))
         for r in results:
-            summary.append(f"published {r.name:<10} revision {r.revision[:12]}")
+            if r.revision:
+                summary.append(f"published {r.name:<10} revision {r.revision[:12]} as demo/{r.name}")
 
         print("3. zoo.densenet121(pretrained=True) from that Hub ...")
         model = zoo.densenet121(pretrained=True).eval()
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(f"predicted china.jpg: {guess} (stand-in weights: meaningless by design)")
 
         print(f"5. fine-tuning a new 10-class head on scikit-learn's digits ({args.epochs} epochs) ...")
-        ft = run(build_parser().parse_args(["--model", "densenet121", "--dataset", "digits", "--pretrained", "hub",
+        ft = run(build_parser().parse_args(["--model", "densenet121", "--dataset", "digits", "--pretrained", "true",
                                             "--epochs", str(args.epochs), "--image-size", "64",
                                             "--out", str(out / "finetuned")]))
         summary.append(f"fine-tuned densenet121 -> {out / 'finetuned'}: val accuracy {ft['val_accuracy']:.1%} "

@@ -11,8 +11,34 @@ os.environ["HF_HOME"] = str(HF_HOME)
 os.environ["HF_HUB_CACHE"] = str(HF_HOME / "hub")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
+import atexit  # noqa: E402
+import ipaddress  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    """Tests never reach past this machine: only loopback addresses (and local sockets) may be dialled."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            allowed = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            allowed = host == "localhost"
+        if not allowed:
+            raise ConnectionRefusedError(f"tests may only connect to loopback addresses, not {host}")
+    return _connect(sock, address)
+
+
+socket.socket.connect = _loopback_only
+
+
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 
 from zoo.registry import load_registry  # noqa: E402
 from zoo.standins import build_standin  # noqa: E402
@@ -63,7 +89,7 @@ def built_modules(offline_build):
 
     def make(name):
         config = json.loads((opts.out / name / "config.json").read_text())
-        module = instantiate(opts.models_dir / f"{name}.py", config["architecture"], opts.out / name / "model.safetensors")
+        module = instantiate(opts.models_dir / f"{name}.py", config["class_name"], opts.out / name / "model.safetensors")
         return module.eval()
     return _Lazy(make)
 

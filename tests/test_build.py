@@ -47,7 +47,7 @@ def test_outputs_per_model(offline_build, built_modules):
         card = (folder / "README.md").read_text()
         assert card.startswith("---\nlicense: ") and "Stand-in weights" in card and "datasets:\n- imagenet-1k" in card
         model = built_modules[r.name]
-        assert type(model).__name__ == config["architecture"]
+        assert type(model).__name__ == config["class_name"] and config["architecture"] == r.name
         with safe_open(str(folder / "model.safetensors"), "pt") as weights:
             assert set(weights.keys()) == set(model.state_dict())
         assert hasattr(model, registry[r.name].classifier)
@@ -81,8 +81,7 @@ def _tenth_entry(sha: str, size: int) -> dict:
                        "std": [0.229, 0.224, 0.225], "resize": 256, "crop": 224,
                        "source": "torchvision's ImageNet weights documentation."})
     entry.pop("accuracy", None)
-    if "hub" in entry:
-        entry["hub"] = {"repo": "zoo-models/resnet18"}
+    entry.pop("global_pool", None)
     return entry
 
 
@@ -144,13 +143,18 @@ def test_standins_are_never_pushed_to_a_real_hub(offline_build, tmp_path):
     entry = load_registry()["resnet50"]
     publisher = RecordingPublisher("https://huggingface.co")
     with pytest.raises(BuildError, match="refusing to push stand-in weights"):
-        publish_entry(entry, opts.out / "resnet50", Options(out=opts.out, publisher=publisher, pins=tmp_path / "p.json"))
+        publish_entry(entry, opts.out / "resnet50", Options(out=opts.out, publisher=publisher, pins=tmp_path / "p.json",
+                                                            namespace="someone"))
     assert publisher.calls == [] and not (tmp_path / "p.json").exists()
     loopback = RecordingPublisher("http://127.0.0.1:9999")
+    with pytest.raises(BuildError, match="--push needs a Hub namespace"):
+        publish_entry(entry, opts.out / "resnet50", Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json"))
     revision = publish_entry(entry, opts.out / "resnet50",
-                             Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json"))
+                             Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json", namespace="someone"))
     pins = json.loads((tmp_path / "p.json").read_text())
     assert pins["resnet50"]["revision"] == revision == "f" * 40 and pins["resnet50"]["standin"] is True
+    assert pins["resnet50"]["repo"] == "someone/resnet50" and pins["resnet50"]["namespace"] == "someone"
+    assert loopback.calls[-1][1] == "someone/resnet50"
     assert len(pins["resnet50"]["sha256"]) == 64
 
 

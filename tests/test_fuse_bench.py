@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import zoo
@@ -31,6 +32,9 @@ def test_fuse_folds_batchnorm_and_keeps_outputs(tmp_path):
         expected, got = model(x), fused(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fused.pretrained_cfg == model.pretrained_cfg and zoo.labels(fused) == zoo.labels(model)
+    with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
+        zoo.fuse(model.train())
     plain = load(small_convnet(tmp_path / "tiny.onnx"))  # a converted module that is not a zoo model
     assert zoo.fuse(plain)(torch.randn(2, 3, 8, 8)).shape == (2, 5)
 

@@ -12,6 +12,7 @@ import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 
 import zoo
+import zoo.hub
 from zoo.build import Options, build
 from zoo.localhub import LocalHub
 from zoo.weights import WeightsError
@@ -27,7 +28,8 @@ def hub(tmp_path_factory, monkeypatch_module):
     pins = root / "published.json"
     with LocalHub(root / "server") as server:
         results = build(Options(out=root / "build", offline=True, models_dir=root / "models", push=True, jobs=2,
-                                publisher=server.publisher(), pins=pins, names=["squeezenet1_1", "densenet121"]))
+                                publisher=server.publisher(), pins=pins, names=["squeezenet1_1", "densenet121"],
+                                namespace="zoo-models"))
         monkeypatch_module.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch_module.setenv("ZOO_PINS", str(pins))
         yield {"server": server, "pins": pins, "build": root / "build", "root": root, "results": results}
@@ -86,18 +88,24 @@ def test_hash_mismatch_is_refused_and_the_cached_file_removed(hub, tmp_path, mon
     assert zoo.squeezenet1_1(pretrained=True) is not None  # fetched again, correct this time
 
 
-def test_missing_repo(hub, tmp_path, monkeypatch):
+def test_missing_repo_falls_back_to_the_onnx_file(hub, tmp_path, monkeypatch):
     pins = json.loads(hub["pins"].read_text())
     pins["squeezenet1_1"]["repo"] = "zoo-models/does-not-exist"
     path = tmp_path / "pins.json"
     path.write_text(json.dumps(pins))
     monkeypatch.setenv("ZOO_PINS", str(path))
-    with pytest.raises(WeightsError, match="zoo-models/does-not-exist.* not found at http://127.0.0.1"):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")  # the fallback may not leave the machine: it must say so
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match=r"(?s)zoo-models/does-not-exist.* not found at http://127.0.0.1.*"
+                                           r"pinned ONNX file: .*offline .*squeezenet1.0-9.onnx"):
         zoo.squeezenet1_1(pretrained=True)
 
 
-def test_unpinned_model_gives_a_clear_error(hub):
-    with pytest.raises(WeightsError, match="no published weights are pinned for 'resnet50'"):
+def test_unpinned_model_offline_without_cache_names_the_file_to_fetch(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError, match=r"resnet50: offline .* nothing is cached; fetch resnet50-caffe2-v1-9.onnx "
+                                           r"\(sha256 822daa93.*\) from https://huggingface.co/onnxmodelzoo/"):
         zoo.resnet50(pretrained=True)
 
 
@@ -132,7 +140,7 @@ def test_cli_predict(hub, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert "stand-ins" in lines[0] and lines[1] == str(image) and len(lines) == 5
+    assert "stand-ins" in lines[0] and lines[1] == f"{image} (stand-in weights)" and len(lines) == 5
     assert all("%" in line for line in lines[2:])
 
 
@@ -148,3 +156,31 @@ def test_concurrent_pretrained_loads_share_the_cache(hub, tmp_path):
     assert len({out.strip() for out, _ in outs}) == 1
     blobs = [p for p in (home / "hub").rglob("*") if p.is_file() and "blobs" in p.parts]
     assert not [p for p in blobs if p.name.endswith(".incomplete")]
+
+
+def test_push_to_hub_and_create_model_from_it(hub, monkeypatch, tmp_path):
+    """A fine-tuned head round-trips through the real huggingface_hub client (upload via the loopback seam)."""
+    import zoo.hub
+
+    model = zoo.create_model("squeezenet1_1", pretrained=True, num_classes=3)
+    model.pretrained_cfg["labels"] = ["cat", "dog", "cow"]
+    monkeypatch.setattr(zoo.hub, "HubPublisher", lambda token=None: hub["server"].publisher())
+    revision = zoo.push_to_hub(model, "someone/squeeze-3")
+    back = zoo.create_model(f"hf-hub:someone/squeeze-3@{revision}").eval()
+    assert back.num_classes == 3 and zoo.labels(back) == ["cat", "dog", "cow"]
+    assert back.pretrained_cfg["standin"] is True and back.pretrained_cfg["weights"] == f"hf-hub:someone/squeeze-3@{revision}"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(back(x), model.eval()(x))
+    latest = zoo.create_model("hf-hub:someone/squeeze-3")
+    assert torch.equal(latest.conv10.weight, back.conv10.weight)
+
+
+def test_hub_repository_naming_an_unknown_architecture_is_refused(hub, tmp_path):
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    zoo.hub.save_pretrained(zoo.squeezenet1_1(), folder, extra={"architecture": "os.system"})
+    (folder / "README.md").write_text("evil\n")
+    hub["server"].publisher().publish(folder, "someone/evil", "unknown architecture")
+    with pytest.raises(WeightsError, match=r"architecture 'os.system', which is not a model of this zoo's registry"):
+        zoo.create_model("hf-hub:someone/evil")

@@ -48,13 +48,17 @@ def _write(tmp_path, mutate):
     (lambda m: m["densenet121"]["source"].update(size="big"), r"densenet121\.source\.size: expected"),
     (lambda m: m["squeezenet1_1"]["preprocessing"].update(channel_order="GBR"), r"squeezenet1_1\.preprocessing\.channel_order"),
     (lambda m: m["squeezenet1_1"]["preprocessing"].update(mean=[1, 2]), r"squeezenet1_1\.preprocessing\.mean"),
-    (lambda m: m["resnet50"]["hub"].update(repo="no-slash"), r"resnet50\.hub\.repo"),
+    (lambda m: m["resnet50"].update(global_pool="avg"), r"resnet50\.global_pool: invalid value 'avg'"),
     (lambda m: m.update({"Bad Name": m["resnet50"]}), r"model name 'Bad Name'"),
 ])
 def test_invalid_entries(tmp_path, mutate, message):
+    """A broken entry is an error for its own users only; the other entries stay usable."""
+    registry = load_registry(_write(tmp_path, mutate))
+    (bad,) = registry.errors
     with pytest.raises(RegistryError, match=message) as err:
-        load_registry(_write(tmp_path, mutate))
+        registry.entry(bad)
     assert "registry.yaml" in str(err.value)
+    assert bad not in registry and len(registry) >= len(load_registry()) - 1
 
 
 def test_duplicate_names_are_rejected(tmp_path):

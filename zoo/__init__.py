@@ -1,19 +1,39 @@
 """zoo: a pretrained vision model zoo for PyTorch, converted from ONNX into readable PyTorch source.
 
 >>> import zoo
->>> model = zoo.densenet121(pretrained=True)          # weights from the Hub, sha256-checked
+>>> model = zoo.densenet121(pretrained=True)          # sha256-checked weights: pinned Hub revision or upstream ONNX
 >>> model = zoo.create_model("resnet50", num_classes=10)
->>> preprocess, names = zoo.transforms("resnet50"), zoo.labels("resnet50")
+>>> preprocess, names = zoo.transforms(model), zoo.labels(model)
 """
 __version__ = "0.1.0"
 
-from .factory import WeightsError, ZooModel, constructors, create_model, list_models  # noqa: E402
+import os as _os
+
+from .factory import WeightsError, ZooModel, add_models_dir as _add_models_dir, constructor, create_model, list_models  # noqa: E402,E501
 from .fuse import fuse  # noqa: E402
+from .hub import push_to_hub  # noqa: E402
 from .preprocess import labels, transforms  # noqa: E402
-from .registry import RegistryError  # noqa: E402
+from .registry import RegistryError, models_dir as _models_dir  # noqa: E402
 
-# One constructor per registry entry (zoo.squeezenet1_1, zoo.densenet121, ...): no hand-written Python.
-globals().update(constructors())
+if _os.environ.get("ZOO_REGISTRY"):
+    _add_models_dir(_models_dir())  # so pickled models of another registry load in a fresh process
 
-__all__ = ["create_model", "list_models", "fuse", "transforms", "labels", "ZooModel", "WeightsError", "RegistryError",
-           *constructors()]
+_API = ["create_model", "list_models", "fuse", "transforms", "labels", "push_to_hub", "ZooModel", "WeightsError",
+        "RegistryError"]
+
+
+def __getattr__(name: str):
+    """``zoo.<model>``: one constructor per registry entry, read from the registry when first used."""
+    if name.startswith("_"):
+        raise AttributeError(name)
+    try:
+        return constructor(name)
+    except RegistryError as exc:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r} ({exc})") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(list_models()))
+
+
+__all__ = _API

@@ -15,7 +15,8 @@ def make_config(entry: Entry, *, class_name: str, standin: bool, source_sha256: 
                 verification: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": entry.name,
-        "architecture": class_name,
+        "architecture": entry.name,
+        "class_name": class_name,
         "module": f"zoo.models.{entry.name}",
         "num_classes": 1000,
         "input_size": list(entry.input_size),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 
 from .registry import RegistryError
@@ -13,28 +13,39 @@ def _list(args) -> int:
     from .registry import load_registry
 
     registry = load_registry()
+    print(f"{'model':<16} {'classifier':<18} {'top-1':<8} upstream")
     for name in list_models(args.pattern):
         e = registry[name]
-        acc = f"top-1 {e.accuracy.top1:.1f}%" if e.accuracy else ""
-        print(f"{name:<16} {e.classifier:<18} {acc:<14} {e.upstream}")
+        acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
+        print(f"{name:<16} {e.classifier:<18} {acc:<8} {e.upstream}")
     return 0
 
 
 def _info(args) -> int:
     from .registry import load_registry
-    from .weights import WeightsError, pin_for
+    from .weights import pin_for
 
-    registry = load_registry()
-    if args.name not in registry:
-        print(f"error: unknown model {args.name!r}; zoo models: {', '.join(registry)}", file=sys.stderr)
-        return 2
-    info = registry[args.name].to_dict()
-    try:
-        pin = pin_for(args.name)
-        info["published"] = {"repo": pin.repo, "revision": pin.revision, "sha256": pin.sha256, "standin": pin.standin}
-    except WeightsError as exc:
-        info["published"] = str(exc)
-    print(json.dumps(info, indent=2, default=list))
+    e = load_registry().entry(args.name)
+    pre = e.preprocessing
+    pin = pin_for(args.name)
+    rows = [
+        ("model", e.name), ("description", e.description), ("upstream", e.upstream), ("paper", e.paper),
+        ("license", e.license), ("input", "x".join(map(str, e.input_size))),
+        ("preprocessing", f"{pre.channel_order} 0-{pre.value_range}, resize {pre.resize}, crop {pre.crop}, "
+                          f"mean {list(pre.mean)}, std {list(pre.std)}"),
+        ("  source", pre.source), *([("  notes", pre.notes)] if pre.notes else []),
+        ("labels", e.labels), ("classifier", e.classifier),
+        ("accuracy", f"top-1 {e.accuracy.top1}%, top-5 {e.accuracy.top5}% ({e.accuracy.source})" if e.accuracy else "-"),
+        ("onnx file", f"{e.source.file}, {e.source.size:,} bytes, sha256 {e.source.sha256}"),
+        ("  urls", "\n".join(e.source.urls)),
+        ("weights", f"Hub {pin.repo}@{pin.revision}" + (" (stand-in)" if pin.standin else "") if pin else
+                    "no Hub revision pinned: pretrained=True converts the ONNX file above once and caches it"),
+    ]
+    for key, value in rows:
+        lines = str(value).splitlines() or [""]
+        print(f"{key:<15} {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<15} {line}")
     return 0
 
 
@@ -47,17 +58,26 @@ def _predict(args) -> int:
 
     pretrained = True if args.weights is None else args.weights
     model = create_model(args.name, pretrained=pretrained).eval()
-    preprocess, names = transforms(args.name), labels(args.name)
-    if model.pretrained_cfg.get("standin"):
+    preprocess, names = transforms(model), labels(model)
+    standin = bool(model.pretrained_cfg.get("standin"))
+    if standin:
         print("note: these weights are stand-ins (random), not pretrained; predictions are meaningless")
     for path in args.images:
         image = Image.open(path).convert("RGB")
         with torch.no_grad():
             probs = torch.softmax(model(preprocess(image).unsqueeze(0)), dim=1)[0]
-        top = torch.topk(probs, args.top)
-        print(path)
+        top = torch.topk(probs, min(args.top, len(probs)))
+        print(path + (" (stand-in weights)" if standin else ""))
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
             print(f"  {p:7.2%}  {names[i]}")
+    return 0
+
+
+def _hash(args) -> int:
+    from .download import file_sha256
+
+    for path in args.files:
+        print(f"{path}:\n  sha256: {file_sha256(path)}\n  size: {os.path.getsize(path)}")
     return 0
 
 
@@ -79,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--weights", help="local weights (file or folder) instead of the pinned Hub weights")
     p.set_defaults(run=_predict)
+    p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(run=_hash)
     p = sub.add_parser("convert", help="convert an ONNX file (python -m zoo.convert)")
     convert_cli.build_parser(p)
     p.set_defaults(run=convert_cli.run)
@@ -95,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except BrokenPipeError:  # `zoo ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (RegistryError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

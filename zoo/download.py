@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
@@ -22,8 +23,32 @@ class DownloadError(OSError):
     """No URL gave the pinned file; the message lists what each URL did."""
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo")
+
+
 def default_cache() -> Path:
-    return Path(os.environ.get("ZOO_CACHE") or Path.home() / ".cache" / "zoo") / "sources"
+    return cache_root() / "sources"
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "ZOO_OFFLINE"))
+
+
+def mirrored(urls: list[str] | tuple[str, ...], filename: str) -> list[str]:
+    """``urls``, after ``$ZOO_ONNX_MIRROR/<filename>`` when that variable names a mirror."""
+    mirror = os.environ.get("ZOO_ONNX_MIRROR", "").strip()
+    return ([f"{mirror.rstrip('/')}/{filename}"] if mirror else []) + list(urls)
+
+
+def local_path(url: str) -> Path | None:
+    """The file a ``file://`` URL or a plain path names; None for network URLs."""
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme in ("http", "https"):
+        return None
+    return Path(url).expanduser()
 
 
 def check_file(path: Path, sha256: str, size: int | None = None) -> None:
@@ -68,8 +93,9 @@ def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: 
 
 
 def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size: int | None = None,
-          cache_dir: str | os.PathLike | None = None, retries: int = 3, timeout: float = 60.0) -> Path:
-    """The pinned file, from the cache or the first URL that delivers it."""
+          cache_dir: str | os.PathLike | None = None, retries: int = 3, timeout: float = 60.0,
+          offline: bool = False) -> Path:
+    """The pinned file, from the cache or the first URL that delivers it (``offline``: local files only)."""
     cache = Path(cache_dir) if cache_dir else default_cache()
     final = cache / sha256 / filename
     if final.exists():
@@ -84,7 +110,15 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
     for url in urls:
         try:
             hub = _HUB_URL.match(url)
-            if hub:
+            local = local_path(url)
+            if local is None and offline:
+                raise DownloadError("offline (HF_HUB_OFFLINE or ZOO_OFFLINE): not fetched")
+            if local is not None:
+                if not local.is_file():
+                    raise DownloadError(f"no such file {local}")
+                tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
+                shutil.copyfile(local, tmp)
+            elif hub:
                 from huggingface_hub import hf_hub_download
 
                 got = Path(hf_hub_download(hub["repo"], hub["file"], revision=hub["rev"]))

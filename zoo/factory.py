@@ -1,18 +1,25 @@
 """Model constructors derived from the registry: create_model, list_models and one function per entry."""
 from __future__ import annotations
 
+import copy
 import fnmatch
-import importlib
+import importlib.util
 import inspect
+import logging
 import os
+import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .registry import Entry, load_registry
-from .weights import WeightsError, download, fit, read_safetensors
+from .registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
+from .weights import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
+
+log = logging.getLogger("zoo")
+NATIVE_CLASSES = 1000
 
 
 class ZooModel(nn.Module):
@@ -22,11 +29,11 @@ class ZooModel(nn.Module):
     pretrained_cfg: dict[str, Any]
 
     def get_classifier(self) -> nn.Module:
-        return getattr(self, self.classifier_name)
+        return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier of the same kind (Linear or 1x1 Conv) with ``num_classes`` outputs."""
-        if not isinstance(num_classes, int) or num_classes < 1:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         old = self.get_classifier()
         if isinstance(old, nn.Linear):
@@ -36,7 +43,10 @@ class ZooModel(nn.Module):
                             padding=old.padding, bias=old.bias is not None)
         else:
             raise TypeError(f"cannot reset a classifier of type {type(old).__name__}")
-        setattr(self, self.classifier_name, new.to(device=old.weight.device, dtype=old.weight.dtype))
+        if old.weight.device.type != "meta":
+            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+        parent, _, leaf = self.classifier_name.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, leaf, new)
         self.num_classes = num_classes
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
 
@@ -46,76 +56,164 @@ class ZooModel(nn.Module):
             raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
                              f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
                              f"got {tuple(x.shape)}")
-        return super().forward(x)
+        native = tuple(self.pretrained_cfg["native_size"])
+        if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
+            return super().forward(x)
+        try:
+            return super().forward(x)
+        except RuntimeError as exc:  # a fixed pooling window (or a flatten into a Linear) that needs the native size
+            raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
+                             f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
+                             "`global_pool: adaptive` accepts other sizes") from exc
+
+
+def class_name_for(name: str) -> str:
+    """The importable name of a zoo model's class in :mod:`zoo.architectures` (``Zoo`` + generated name)."""
+    from .convert.naming import class_name
+
+    return f"Zoo{class_name(name)}"
+
+
+def _generated_class(name: str) -> type[nn.Module]:
+    registry = load_registry()
+    registry.entry(name)
+    path = registry.models_dir / f"{name}.py"
+    if not path.is_file():
+        hint = "" if registry.models_dir == PACKAGE_MODELS else f" --registry {registry.path}"
+        raise RegistryError(f"{name}: no generated source {path}; build it with `python scripts/build.py {name}{hint}`")
+    add_models_dir(registry.models_dir)
+    module_name = f"zoo.models.{name}"
+    module = sys.modules.get(module_name)
+    if module is None or Path(module.__file__).resolve() != path.resolve():
+        # Another registry's model of the same name may be imported already: this registry's file wins.
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    generated = getattr(module, _expected(name), None)
+    if not (inspect.isclass(generated) and issubclass(generated, nn.Module)):
+        raise RegistryError(f"{path} should define class {_expected(name)}; run scripts/build.py {name}")
+    return generated
+
+
+def _expected(name: str) -> str:
+    from .convert.naming import class_name
+
+    return class_name(name)
+
+
+def add_models_dir(folder: Path) -> None:
+    """Generated sources of another registry (``ZOO_REGISTRY``) import as ``zoo.models.<name>`` too."""
+    import zoo.models
+
+    where = str(folder)
+    if where not in zoo.models.__path__:
+        zoo.models.__path__.insert(0, where)
 
 
 @lru_cache(maxsize=None)
+def _model_class(name: str, registry_file: str) -> type[ZooModel]:
+    generated = _generated_class(name)
+    cls = type(class_name_for(name), (ZooModel, generated),
+               {"__module__": "zoo.architectures", "__doc__": generated.__doc__, "zoo_name": name})
+    cls.__qualname__ = cls.__name__
+    return cls
+
+
 def model_class(name: str) -> type[ZooModel]:
-    """The generated class of a zoo model, with ZooModel mixed in."""
-    module = importlib.import_module(f"zoo.models.{name}")
-    generated = [c for _, c in inspect.getmembers(module, inspect.isclass)
-                 if issubclass(c, nn.Module) and c.__module__ == module.__name__]
-    if len(generated) != 1:
-        raise RuntimeError(f"zoo/models/{name}.py should define one model class; run scripts/build.py {name}")
-    cls = generated[0]
-    return type(cls.__name__, (ZooModel, cls), {"__module__": module.__name__, "__doc__": cls.__doc__})
+    """The class of a zoo model: its generated class with ZooModel mixed in, importable from
+    ``zoo.architectures`` (so models pickle, ``torch.save`` whole and deep-copy)."""
+    return _model_class(name, str(load_registry().path))
 
 
-def _config(entry: Entry, num_classes: int, weights: str | None, standin: bool | None) -> dict[str, Any]:
+def _config(entry: Entry) -> dict[str, Any]:
     cfg = entry.to_dict()
     cfg["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["preprocessing"].items()}
     cfg["input_size"] = list(entry.input_size)
-    cfg["num_classes"] = num_classes
-    cfg["weights"] = weights
-    cfg["standin"] = standin
+    cfg["native_size"] = list(entry.input_size[1:])
+    cfg["num_classes"] = NATIVE_CLASSES
+    cfg["weights"] = None
+    cfg["standin"] = None
     return cfg
+
+
+# What a weights folder's config.json may say about the weights beside it.
+DESCRIBED = ("num_classes", "labels", "preprocessing", "input_size", "standin", "accuracy", "finetune", "base")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Names of the zoo's models, optionally filtered by a shell-style pattern such as ``"res*"``."""
-    names = list(load_registry())
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    registry = load_registry()
+    for name, error in registry.errors.items():
+        log.warning("registry entry %s is skipped: %s", name, error)
+    return [n for n in registry if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
-def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int = 1000,
+def _construct(cls: type[ZooModel], on_meta: bool) -> ZooModel:
+    if not on_meta:
+        return cls()
+    with torch.device("meta"):  # weights are about to be replaced: skip their random initialization
+        return cls()
+
+
+def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None,
                  **kwargs: Any) -> ZooModel:
     """Build a zoo model.
 
-    pretrained: ``True`` downloads the pinned weights from the Hub (checked against their sha256);
-        a path loads a local ``model.safetensors`` (or a folder holding one); ``False`` leaves the
-        layers' default initialization.
-    num_classes: anything but 1000 puts a fresh classifier (of the registry's classifier layer) on top of
-        the loaded backbone, ready for fine-tuning.
+    name: a registry model, or ``"hf-hub:org/repo[@revision]"`` for weights someone pushed with
+        :func:`zoo.push_to_hub`: their ``config.json`` names the registry architecture (no code is imported)
+        and their weights are always loaded.
+    pretrained: ``True`` loads the model's pretrained weights (the pinned Hub revision, else rebuilt once
+        from the registry's pinned ONNX file and cached; both sha256-checked); a path loads a local
+        ``model.safetensors`` or a folder holding one, and the ``config.json`` beside it (classes, labels,
+        preprocessing, stand-in flag); ``False`` leaves the layers' default initialization.
+    num_classes: default: what the weights have (1000 for the zoo's own). Another number puts a fresh
+        classifier on the ImageNet backbone, ready for fine-tuning.
     """
     if kwargs:
         raise TypeError(f"create_model() got unexpected keyword arguments: {', '.join(kwargs)}")
-    registry = load_registry()
-    if name not in registry:
-        raise ValueError(f"unknown model {name!r}; zoo models: {', '.join(registry)}")
-    entry = registry[name]
-    model = model_class(name)()
-    model.classifier_name = entry.classifier
-    weights, standin, state = None, None, None
+    if isinstance(name, str) and name.startswith("hf-hub:"):
+        from .hub import from_hub
+
+        return from_hub(name[len("hf-hub:"):], num_classes=num_classes)
+    entry = load_registry().entry(name)
+    cfg = _config(entry)
+    state, where, config = None, None, {}
     if pretrained is True:
-        path, pin = download(name)
-        state, where = read_safetensors(path), f"{name} ({pin.repo}@{pin.revision[:12]})"
-        weights, standin = f"hf://{pin.repo}@{pin.revision}", pin.standin
+        found = resolve_pretrained(entry)
+        state, where = read_safetensors(found.path), f"{name} ({found.description})"
+        cfg.update(weights=found.uri, standin=found.standin)
     elif pretrained not in (False, None):
-        state, where, weights = read_safetensors(pretrained), f"{name} ({pretrained})", str(pretrained)
-    model.pretrained_cfg = _config(entry, 1000, weights, standin)
-    model.num_classes = 1000
-    head = state.get(f"{entry.classifier}.weight") if state is not None else None
-    if head is not None and head.shape[0] == num_classes != 1000:
-        model.reset_classifier(num_classes)  # a fine-tuned checkpoint with its own head
+        state, where = read_safetensors(pretrained), f"{name} ({pretrained})"
+        config = read_config(pretrained)
+        if config.get("architecture", name) != name:
+            raise WeightsError(f"{pretrained}: these weights are for {config['architecture']!r}, not {name!r} "
+                               "(config.json 'architecture')")
+        cfg.update({k: config[k] for k in DESCRIBED if k in config}, weights=str(pretrained))
+    model = _construct(model_class(name), on_meta=state is not None)
+    model.classifier_name = entry.classifier
+    model.pretrained_cfg = cfg
+    model.num_classes = NATIVE_CLASSES
     if state is not None:
+        head = state.get(f"{entry.classifier}.weight")
+        trained = int(head.shape[0]) if head is not None else NATIVE_CLASSES
+        if trained != NATIVE_CLASSES and num_classes not in (None, trained):
+            raise WeightsError(f"{where}: the weights have a {trained}-class head, not num_classes={num_classes}; "
+                               f"load them without num_classes, then call model.reset_classifier({num_classes})")
+        if trained != NATIVE_CLASSES:
+            model.reset_classifier(trained)  # a fine-tuned checkpoint with its own head
         fit(model, state, where)
-    if model.num_classes != num_classes:
+        model.pretrained_cfg = {**cfg, "num_classes": trained}
+    if num_classes is not None and model.num_classes != num_classes:
         model.reset_classifier(num_classes)
+        if isinstance(model.pretrained_cfg.get("labels"), list):
+            model.pretrained_cfg["labels"] = None  # a fresh head: the loaded label names no longer apply
+        model.pretrained_cfg["accuracy"] = None
     return model
 
 
 def _constructor(entry: Entry) -> Callable[..., ZooModel]:
-    def build(pretrained: bool | str | os.PathLike = False, num_classes: int = 1000, **kwargs: Any) -> ZooModel:
+    def build(pretrained: bool | str | os.PathLike = False, num_classes: int | None = None, **kwargs: Any) -> ZooModel:
         return create_model(entry.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
     build.__name__ = build.__qualname__ = entry.name
@@ -128,4 +226,22 @@ def constructors() -> dict[str, Callable[..., ZooModel]]:
     return {name: _constructor(entry) for name, entry in load_registry().items()}
 
 
-__all__ = ["ZooModel", "create_model", "list_models", "model_class", "constructors", "WeightsError"]
+def constructor(name: str) -> Callable[..., ZooModel]:
+    """``zoo.<name>``: looked up when first used, so a broken registry entry only troubles its own users."""
+    return _constructor(load_registry().entry(name))
+
+
+def model_config(model: ZooModel) -> dict[str, Any]:
+    """The config.json that describes a model's weights (written by fine-tuning and push_to_hub)."""
+    cfg = copy.deepcopy(model.pretrained_cfg)
+    out = {"architecture": cfg["name"], "num_classes": model.num_classes, "labels": cfg.get("labels"),
+           "input_size": cfg["input_size"], "preprocessing": cfg["preprocessing"], "standin": cfg.get("standin"),
+           "accuracy": cfg.get("accuracy"), "base": cfg.get("base") or {"source": cfg.get("source"),
+                                                                          "weights": cfg.get("weights")}}
+    if "finetune" in cfg:
+        out["finetune"] = cfg["finetune"]
+    return out
+
+
+__all__ = ["ZooModel", "create_model", "list_models", "model_class", "constructors", "constructor", "model_config",
+           "WeightsError"]

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -16,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .factory import create_model
-from .preprocess import transforms
+from .hub import push_to_hub, save_pretrained
+from .preprocess import resized, transforms
 
 
 class DigitsDataset(Dataset):
@@ -57,7 +56,7 @@ def _datasets(args, train_tf, eval_tf):
 
     root = Path(args.data)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
-        raise SystemExit(f"{root}: expected ImageFolder layout with train/ and val/ subfolders")
+        raise ValueError(f"--data {root}: expected an ImageFolder layout with train/ and val/ subfolders")
     return ImageFolder(root / "train", train_tf), ImageFolder(root / "val", eval_tf)
 
 
@@ -105,8 +104,13 @@ def run(args) -> dict:
     eval_tf = transforms(args.model, train=False, crop=args.image_size)
     train_set, val_set = _datasets(args, train_tf, eval_tf)
     classes = list(getattr(train_set, "classes", []))
-    pretrained = True if args.pretrained == "hub" else (False if args.pretrained == "none" else args.pretrained)
+    pretrained = {"true": True, "none": False}.get(args.pretrained.lower(), args.pretrained)
     model = create_model(args.model, pretrained=pretrained, num_classes=len(classes))
+    if args.image_size:
+        size = args.image_size
+        model.pretrained_cfg["input_size"] = [model.pretrained_cfg["input_size"][0], size, size]
+        model.pretrained_cfg["preprocessing"] = resized(model.pretrained_cfg["preprocessing"], size)
+    model.pretrained_cfg["labels"] = classes
     if args.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(model.classifier_name + ".")
@@ -150,15 +154,11 @@ def run(args) -> dict:
             print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, val accuracy {accuracy:.3f}")
     result = {"model": args.model, "classes": classes, "history": history, "world_size": env.world,
               "val_accuracy": history[-1]["val_accuracy"] if history else None}
+    model.pretrained_cfg["finetune"] = {k: v for k, v in result.items() if k != "classes"}
     if env.main and args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        tmp = out / ".model.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, out / "model.safetensors")
-        config = {**model.pretrained_cfg, "num_classes": len(classes), "labels": classes, "finetune": result}
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_pretrained(model, args.out)
+    if env.main and args.push_to_hub:
+        result["pushed"] = push_to_hub(model, args.push_to_hub)
     if env.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -171,7 +171,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--dataset", choices=["digits"], help="a packaged dataset")
     data.add_argument("--data", help="an ImageFolder root with train/ and val/")
-    parser.add_argument("--pretrained", default="hub", help="'hub' (pinned Hub weights), 'none', or a weights path")
+    parser.add_argument("--pretrained", default="true",
+                        help="'true' (default: the pretrained weights, from the pinned Hub revision or the upstream "
+                             "ONNX file), 'none' (random initialization), or a weights file or folder")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the new classifier")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -182,11 +184,23 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="save model.safetensors and config.json here")
+    parser.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload the result to this Hub repository")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    result = run(build_parser().parse_args(argv))
+    from .registry import RegistryError
+    from .weights import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except WeightsError as exc:
+        print(f"error: {exc}\n(choose other weights with --pretrained PATH, or --pretrained none)", file=sys.stderr)
+        return 2
+    except (RegistryError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0 if result["val_accuracy"] is not None else 1
 
 

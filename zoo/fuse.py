@@ -32,10 +32,14 @@ class ChannelsLast(nn.Module):
 def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     """A copy of ``model`` for inference: every Conv -> BatchNorm pair folded into one Conv (torch.fx),
     weights in channels_last layout. Numerically equal to ``model.eval()`` up to float rounding; not
-    meant for training."""
+    meant for training. A zoo model's ``pretrained_cfg`` is kept, so ``zoo.transforms`` and ``zoo.labels``
+    work on the result; ``forward_features`` and the classifier helpers are not (use the original)."""
     from .factory import ZooModel
 
-    model = copy.deepcopy(model).eval()
+    if model.training:
+        raise ValueError("zoo.fuse folds BatchNorm's running statistics and is for inference: call model.eval() "
+                         "first (and fine-tune the original, not the fused copy)")
+    model = copy.deepcopy(model)
     if isinstance(model, ZooModel):
         generated = next(c for c in type(model).__mro__[1:] if "forward" in c.__dict__ and c is not ZooModel)
         traceable = _Traceable(model, generated.forward)
@@ -44,4 +48,6 @@ def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     fused = fx_fuse(traceable, inplace=True)
     if channels_last:
         fused = ChannelsLast(fused.to(memory_format=torch.channels_last))
+    if isinstance(model, ZooModel):
+        fused.pretrained_cfg, fused.num_classes = copy.deepcopy(model.pretrained_cfg), model.num_classes
     return fused.eval()

@@ -111,13 +111,20 @@ class LocalHubPublisher:
         self.hub = hub
         self.endpoint = hub.endpoint
 
-    def publish(self, folder: Path, repo: str, message: str) -> str:
+    def publish(self, folder: Path, repo: str, message: str, *, private: bool = False,
+                revision: str | None = None) -> str:
+        """As :meth:`zoo.hub.HubPublisher.publish`; ``private`` means nothing on loopback, ``revision`` is a branch."""
         target = self.hub.mirrors / "models" / repo
         if not (target / ".git").exists():
             target.mkdir(parents=True, exist_ok=True)
             _git(target, "init", "-q", "-b", "main")
+        if revision:
+            _git(target, "checkout", "-q", "-B", revision)
         for name in self.FILES:
             shutil.copyfile(Path(folder) / name, target / name)
         _git(target, "add", *self.FILES)
         _git(target, "commit", "-q", "--allow-empty", "-m", message)
-        return _git(target, "rev-parse", "HEAD")
+        head = _git(target, "rev-parse", "HEAD")
+        if revision:
+            _git(target, "checkout", "-q", "main")
+        return head

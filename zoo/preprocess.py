@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .registry import Entry, load_registry
+from .registry import Preprocessing, load_registry
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -20,12 +20,17 @@ class ReverseChannels(torch.nn.Module):
         return image.flip(-3)
 
 
-def _entry(name_or_model) -> Entry:
-    registry = load_registry()
-    name = name_or_model if isinstance(name_or_model, str) else getattr(name_or_model, "pretrained_cfg", {}).get("name")
-    if name not in registry:
-        raise ValueError(f"unknown model {name_or_model!r}; zoo models: {', '.join(registry)}")
-    return registry[name]
+def _cfg(name_or_model) -> dict:
+    """The preprocessing and labels that go with a model: what its weights' config.json said when it was
+    loaded from a folder (pretrained_cfg), else the registry's."""
+    if isinstance(name_or_model, str):
+        from .factory import _config
+
+        return _config(load_registry().entry(name_or_model))
+    cfg = getattr(name_or_model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or "preprocessing" not in cfg:
+        raise ValueError(f"expected a zoo model or a model name, got {type(name_or_model).__name__}")
+    return cfg
 
 
 def transforms(name_or_model, train: bool = False, *, crop: int | None = None) -> v2.Compose:
@@ -33,7 +38,7 @@ def transforms(name_or_model, train: bool = False, *, crop: int | None = None) -
 
     ``crop`` overrides the model's input size (and scales the resize with it), e.g. for small images.
     """
-    pre = _entry(name_or_model).preprocessing
+    pre = Preprocessing(**_cfg(name_or_model)["preprocessing"])
     size = crop or pre.crop
     resize = round(pre.resize * size / pre.crop)
     interpolation = _INTERPOLATION[pre.interpolation]
@@ -49,12 +54,25 @@ def transforms(name_or_model, train: bool = False, *, crop: int | None = None) -
     return v2.Compose(steps)
 
 
+def resized(preprocessing: dict, size: int) -> dict:
+    """Preprocessing for another input size: crop ``size``, the resize scaled with it."""
+    return {**preprocessing, "crop": size, "resize": round(preprocessing["resize"] * size / preprocessing["crop"])}
+
+
 @lru_cache(maxsize=None)
 def _imagenet() -> tuple[str, ...]:
     return tuple(Path(__file__).with_name("data").joinpath("imagenet_classes.txt").read_text().splitlines())
 
 
 def labels(name_or_model) -> list[str]:
-    """The class names of a model's label set (ImageNet-1k: 1,000 names)."""
-    _entry(name_or_model)  # validates the name; every registry entry is labelled imagenet-1k
-    return list(_imagenet())
+    """The class names of a model: those its fine-tuned weights were trained on, or ImageNet-1k's 1,000.
+
+    A fresh head (``num_classes`` other than the weights') has no names: its classes are numbered.
+    """
+    cfg = _cfg(name_or_model)
+    names = cfg.get("labels")
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if names == "imagenet-1k" and cfg.get("num_classes", 1000) == 1000:
+        return list(_imagenet())
+    return [str(i) for i in range(cfg["num_classes"])]

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 DEFAULT_REGISTRY = Path(__file__).with_name("registry.yaml")
+PACKAGE_MODELS = Path(__file__).with_name("models")
 
 
 class RegistryError(ValueError):
@@ -60,8 +61,8 @@ class Entry:
     labels: str
     classifier: str
     logits: str
-    hub_repo: str
     accuracy: Accuracy | None = None
+    global_pool: str = "fixed"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
     def fingerprint(self) -> str:
@@ -131,15 +132,22 @@ def _text(f: _Fields, key: str, **kw) -> str:
     return f.get(key, str, check=lambda v: bool(v.strip()), what="non-empty text", **kw)
 
 
-def _entry(name: str, data: Any, where: str) -> Entry:
+def _url(url: str, base: Path) -> str:
+    """Relative local paths are relative to the registry file."""
+    if re.match(r"[a-z][a-z0-9+.\-]*://", url, re.I) or Path(url).expanduser().is_absolute():
+        return url
+    return str(base / url)
+
+
+def _entry(name: str, data: Any, where: str, base: Path) -> Entry:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise RegistryError(f"{where}: model name {name!r} must be lower-case letters, digits and underscores")
     f = _Fields(data, f"{where}: {name}")
     s = _Fields(f.get("source", dict), f"{where}: {name}.source")
     source = Source(
         file=s.get("file", str, check=lambda v: bool(re.fullmatch(r"[\w.\-]+\.onnx", v)), what="a file name ending .onnx"),
-        urls=tuple(s.get("urls", list, what="a list of URLs",
-                         check=lambda v: v and all(isinstance(u, str) and re.match(r"https?://", u) for u in v))),
+        urls=tuple(_url(u, base) for u in s.get("urls", list, what="a list of URLs (https://, http://, file://) or local paths",
+                         check=lambda v: v and all(isinstance(u, str) and u.strip() for u in v))),
         sha256=s.get("sha256", str, check=lambda v: bool(re.fullmatch(r"[0-9a-f]{64}", v)), what="64 hex digits"),
         size=s.get("size", int, check=lambda v: v > 0, what="a positive byte count"),
         standin=s.get("standin", str, optional=True),
@@ -169,9 +177,6 @@ def _entry(name: str, data: Any, where: str) -> Entry:
         a.finish()
     else:
         f.used.add("accuracy")
-    h = _Fields(f.get("hub", dict), f"{where}: {name}.hub")
-    hub_repo = h.get("repo", str, check=lambda v: bool(re.fullmatch(r"[\w.\-]+/[\w.\-]+", v)), what="owner/name")
-    h.finish()
     entry = Entry(
         name=name,
         description=_text(f, "description"),
@@ -185,17 +190,55 @@ def _entry(name: str, data: Any, where: str) -> Entry:
         classifier=f.get("classifier", str, check=lambda v: bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)),
                          what="a layer name of the generated module"),
         logits=_text(f, "logits"),
-        hub_repo=hub_repo,
         accuracy=accuracy,
+        global_pool=f.get("global_pool", str, optional=True, default="fixed", check=lambda v: v in ("fixed", "adaptive"),
+                          what="fixed or adaptive"),
         raw=data,
     )
     f.finish()
     return entry
 
 
-def load_registry(path: str | os.PathLike | None = None) -> dict[str, Entry]:
-    """Entries by name, in file order. ``path`` defaults to ``$ZOO_REGISTRY`` or the packaged registry."""
-    path = Path(path or os.environ.get("ZOO_REGISTRY") or DEFAULT_REGISTRY)
+class Registry(dict):
+    """Valid entries by name, in file order; ``errors`` holds each broken entry's RegistryError.
+
+    One bad entry is an error for that entry's users only: the others stay usable, and nothing that
+    does not read the registry (``zoo.convert``) ever sees it.
+    """
+
+    def __init__(self, path: Path, entries: dict[str, Entry], errors: dict[str, RegistryError]):
+        super().__init__(entries)
+        self.path, self.errors = path, errors
+
+    @property
+    def models_dir(self) -> Path:
+        """Where the generated sources of this registry's models live."""
+        return models_dir(self.path)
+
+    def entry(self, name: str) -> Entry:
+        if name in self.errors:
+            raise self.errors[name]
+        if name not in self:
+            raise RegistryError(f"unknown model {name!r}; zoo models: {', '.join(self) or 'none'} (registry {self.path})")
+        return self[name]
+
+
+def registry_path(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("ZOO_REGISTRY") or DEFAULT_REGISTRY).resolve()
+
+
+def models_dir(registry: str | os.PathLike | None = None) -> Path:
+    """The packaged registry's models are in zoo/models; any other registry's in ``models/`` beside it."""
+    path = registry_path(registry)
+    return PACKAGE_MODELS if path == DEFAULT_REGISTRY.resolve() else path.parent / "models"
+
+
+def load_registry(path: str | os.PathLike | None = None) -> Registry:
+    """Entries by name, in file order. ``path`` defaults to ``$ZOO_REGISTRY`` or the packaged registry.
+
+    A file that cannot be read or parsed raises RegistryError; a malformed entry is kept in ``errors``.
+    """
+    path = registry_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -211,4 +254,10 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Entry]:
     top.finish()
     if not models:
         raise RegistryError(f"{path}: no models")
-    return {name: _entry(name, body, str(path)) for name, body in models.items()}
+    entries, errors = {}, {}
+    for name, body in models.items():
+        try:
+            entries[name] = _entry(name, body, str(path), path.parent)
+        except RegistryError as exc:
+            errors[str(name)] = exc
+    return Registry(path, entries, errors)

@@ -1,19 +1,22 @@
-"""Pretrained weights: pins written by the build, downloads through huggingface_hub, sha256 checks,
-and safetensors only (never pickle)."""
+"""Pretrained weights: where they come from (the pinned Hub revision, else the registry's pinned ONNX file,
+converted once and cached), sha256 checks, safetensors only (never pickle), and fitting them to a model."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .download import file_sha256
+from .registry import Entry, load_registry
 
-PACKAGED_PINS = Path(__file__).with_name("models") / "published.json"
+log = logging.getLogger("zoo")
 
 
 class WeightsError(ValueError):
@@ -29,17 +32,56 @@ class Pin:
 
 
 def pins_path() -> Path:
-    return Path(os.environ.get("ZOO_PINS") or PACKAGED_PINS)
+    """``$ZOO_PINS``, else published.json beside the registry's generated sources."""
+    return Path(os.environ.get("ZOO_PINS") or load_registry().models_dir / "published.json")
 
 
-def pin_for(name: str) -> Pin:
+def pin_for(name: str) -> Pin | None:
+    """The Hub revision ``build.py --push`` pinned for a model, or None."""
     path = pins_path()
-    pins = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        pins = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: unreadable pins ({exc})") from exc
     if name not in pins:
-        raise WeightsError(f"no published weights are pinned for {name!r} (in {path}); publish them with "
-                           "`python scripts/build.py --push`, or pass pretrained='path/to/model.safetensors'")
+        return None
     p = pins[name]
     return Pin(p["repo"], p["revision"], p["sha256"], bool(p.get("standin", False)))
+
+
+@dataclass(frozen=True)
+class Found:
+    """Pretrained weights on disk and where they came from."""
+
+    path: Path
+    uri: str
+    description: str
+    standin: bool
+
+
+def resolve_pretrained(entry: Entry) -> Found:
+    """``pretrained=True``: the pinned Hub revision if there is one, else the weights of the registry's
+    pinned ONNX file (downloaded, converted and cached once). Each step is logged at INFO."""
+    pin = pin_for(entry.name)
+    hub_problem = None
+    if pin is not None:
+        try:
+            path = download(entry.name, pin)
+            log.info("%s: weights from the Hub, %s@%s (sha256 checked)", entry.name, pin.repo, pin.revision[:12])
+            return Found(path, f"hf://{pin.repo}@{pin.revision}", f"{pin.repo}@{pin.revision[:12]}", pin.standin)
+        except WeightsError as exc:
+            hub_problem = exc
+            log.warning("%s; trying the pinned ONNX file instead", exc)
+    from .rebuild import upstream_weights
+
+    try:
+        path = upstream_weights(entry)
+    except WeightsError as exc:
+        if hub_problem is None:
+            raise
+        raise WeightsError(f"{hub_problem}\nand from the pinned ONNX file: {exc}") from None
+    return Found(path, f"onnx://{entry.source.file}@sha256:{entry.source.sha256}",
+                 f"converted from {entry.source.file}, cached in {path.parent}", False)
 
 
 def _discard(path: Path) -> None:
@@ -65,13 +107,12 @@ def _what_is_missing(pin: Pin, endpoint: str | None) -> str:
     return f"{pin.repo}@{pin.revision} has no model.safetensors"
 
 
-def download(name: str) -> tuple[Path, Pin]:
+def download(name: str, pin: Pin) -> Path:
     """The pinned model.safetensors of a zoo model, from the Hub cache or the Hub."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
-    pin = pin_for(name)
     endpoint = os.environ.get("HF_ENDPOINT") or None
     where = f"{pin.repo}@{pin.revision[:12]} on {endpoint or 'the Hugging Face Hub'}"
     try:
@@ -89,21 +130,38 @@ def download(name: str) -> tuple[Path, Pin]:
         _discard(path)
         raise WeightsError(f"{name}: sha256 of {where}/model.safetensors is {actual}, the pin says {pin.sha256}; "
                            "the file was removed from the cache")
-    return path, pin
+    return path
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file or folder")
     if path.is_dir():
         path = path / "model.safetensors"
+        if not path.is_file():
+            raise WeightsError(f"{path.parent}: the folder holds no model.safetensors")
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: only .safetensors weights are read (never pickle)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def read_config(weights: str | os.PathLike) -> dict[str, Any]:
+    """The config.json beside a weights file (or in a weights folder), or {} when there is none."""
+    path = Path(weights)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if not config.is_file():
+        return {}
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{config}: not readable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise WeightsError(f"{config}: expected a JSON object")
+    return data
 
 
 def fit(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -121,4 +179,4 @@ def fit(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> N
             problems.append(f"{label}: {', '.join(items[:6])}" + (f" and {len(items) - 6} more" if len(items) > 6 else ""))
     if problems:
         raise WeightsError(f"{where}: weights do not fit the model; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)  # assign: the model may be built on the meta device

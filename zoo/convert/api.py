@@ -26,7 +26,7 @@ from .ir import Graph, build_graph
 from .loader import load_model
 from .lower import Lowering
 from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
-from .passes import fold_constants, run_passes
+from .passes import adapt_global_pool, fold_constants, run_passes
 from .registry import find_handler
 
 
@@ -69,9 +69,11 @@ def _default_name(path: Path) -> str:
 
 
 def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier,
-             structure: bool = False) -> _Compiled:
+             structure: bool = False, global_pool: str = "fixed") -> _Compiled:
     loaded = load_model(onnx_path)
     graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
+    if global_pool == "adaptive":
+        adapt_global_pool(graph)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
     lowering = Lowering(graph)
     parts = lowering.run()
@@ -152,10 +154,15 @@ def _state_dict(model: torch.nn.Module, tensors: dict[str, np.ndarray], where: s
     return state
 
 
-def _atomic_write(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new one, never half of one.
+    The file gets the usual permissions (safetensors writes 0600)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -165,7 +172,7 @@ def _atomic_write(path: Path, write) -> None:
 def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
             outputs: Sequence[str] | None = None, classifier: str | None = None, source_name: str | None = None,
             source_sha256: str | None = None, regenerate: str | None = None,
-            structure: bool = False) -> ConversionResult:
+            structure: bool = False, global_pool: str = "fixed") -> ConversionResult:
     """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
 
     ``outputs`` cuts the graph at the named tensors. ``classifier`` names a generated layer (e.g. ``"fc"``):
@@ -174,15 +181,18 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     PyTorch exports (see :mod:`zoo.convert.blocks`); the default writes one flat class.
     ``source_name``, ``source_sha256`` and ``regenerate``
     only change the header of the generated file (the build uses them so that a stand-in and the real
-    file give byte-identical source).
+    file give byte-identical source). ``global_pool="adaptive"`` turns a pooling whose window covers the
+    whole feature map into adaptive pooling (identical at the traced size; other input sizes then work).
     """
+    if global_pool not in ("fixed", "adaptive"):
+        raise ValueError(f"global_pool must be 'fixed' or 'adaptive', got {global_pool!r}")
     path = Path(onnx_path)
     name = sanitize(name) if name else _default_name(path)
     if not name:
         raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
     try:
         compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier,
-                            structure)
+                            structure, global_pool)
     except ConversionError:
         raise
     except RecursionError as exc:
@@ -200,9 +210,9 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
         with torch.device("meta"):  # only shapes and dtypes are read: skip allocating and initializing weights
             model = _import_source(staged, compiled.cls)()
         state = _state_dict(model, compiled.tensors, str(path))
-        _atomic_write(weights_path, lambda tmp: save_file(state, str(tmp), metadata={
+        write_atomically(weights_path, lambda tmp: save_file(state, str(tmp), metadata={
             "format": "pt", "source_sha256": compiled.graph.source.sha256}))
-        _atomic_write(source_path, lambda tmp: tmp.write_text(compiled.source, encoding="utf-8"))
+        write_atomically(source_path, lambda tmp: tmp.write_text(compiled.source, encoding="utf-8"))
 
     params = sum(int(np.prod(t.shape)) for k, t in state.items() if not k.endswith("num_batches_tracked")
                  and not k.endswith(("running_mean", "running_var")))
@@ -233,9 +243,23 @@ def instantiate(source_path: str | os.PathLike, class_name: str, weights_path: s
     return model
 
 
+def load_converted(folder: str | os.PathLike, name: str | None = None) -> torch.nn.Module:
+    """The module that ``convert`` (or ``python -m zoo.convert -o FOLDER``) wrote into ``folder``, weights
+    loaded, in eval mode. ``name`` picks one when the folder holds several conversions."""
+    folder = Path(folder)
+    found = sorted(p.stem for p in folder.glob("*.py") if (folder / f"{p.stem}.safetensors").is_file())
+    if name is not None:
+        found = [n for n in found if n == name]
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(found)}); pass name=..."
+        raise ConversionError(f"{folder}: {what} converted models (NAME.py beside NAME.safetensors)")
+    return instantiate(folder / f"{found[0]}.py", class_name(found[0]), folder / f"{found[0]}.safetensors").eval()
+
+
 def load(onnx_path: str | os.PathLike, *, name: str | None = None, outputs: Sequence[str] | None = None,
          **options) -> torch.nn.Module:
-    """Convert and return the module, weights loaded, in eval mode.
+    """Convert and return the module, weights loaded, in eval mode. (A folder ``convert`` wrote is read
+    back by :func:`load_converted`.)
 
     The module carries ``zoo_onnx_inputs`` and ``zoo_onnx_outputs``: the ONNX tensor names of its
     arguments and results, which :func:`verify` uses.
@@ -251,6 +275,7 @@ def load(onnx_path: str | os.PathLike, *, name: str | None = None, outputs: Sequ
 @dataclass
 class LayerInfo:
     name: str
+    layer: str | None  # the generated module's attribute for this node (None: plain code, or unsupported)
     op_type: str
     domain: str
     opset: int
@@ -266,14 +291,29 @@ class LayerInfo:
         ins = ", ".join(shape(s) for _, s in self.inputs)
         outs = ", ".join(f"{n} {shape(s)}" for n, s in self.outputs)
         mark = "" if self.supported else "  UNSUPPORTED"
-        return f"{self.op_type:<20} {self.name[:24]:<24} {ins:<32} -> {outs:<28} {self.parameters:>11,}{mark}"
+        return (f"{self.op_type:<20} {self.name[:24]:<24} {(self.layer or '-')[:24]:<24} {ins:<32} -> {outs:<28} "
+                f"{self.parameters:>11,}{mark}")
+
+    HEADER = f"{'op':<20} {'onnx node':<24} {'layer':<24} {'inputs':<32}    {'outputs':<28} {'parameters':>11}"
+
+
+def _layer_names(loaded) -> dict[str, str]:
+    """Output value -> generated layer name, from a lowering of the graph (empty where it cannot lower)."""
+    try:
+        lowering = Lowering(run_passes(build_graph(loaded)))
+        lowering.run()
+    except Exception:  # an unsupported op: `layers` still lists every node, marking it
+        return {}
+    return lowering.layer_of
 
 
 def layers(onnx_path: str | os.PathLike) -> list[LayerInfo]:
     """Inspect a file without converting it: every node (after folding constants) with its shapes,
     parameter count and whether the converter supports it. Shapes show the batch dimension as 'batch'."""
-    graph = build_graph(load_model(onnx_path))
+    loaded = load_model(onnx_path)
+    graph = build_graph(loaded)
     fold_constants(graph)
+    layer_of = _layer_names(loaded)
     rows = []
     for node in graph.nodes:
         def described(names):
@@ -286,7 +326,7 @@ def layers(onnx_path: str | os.PathLike) -> list[LayerInfo]:
 
         params = sum(int(graph.value(i).const.size) for i in node.inputs
                      if i and graph.value(i).const is not None and graph.value(i).const.dtype.kind == "f")
-        rows.append(LayerInfo(node.name, node.op_type, node.domain or "ai.onnx", node.opset, described(node.inputs),
+        rows.append(LayerInfo(node.name, next((layer_of[o] for o in node.outputs if o in layer_of), None), node.op_type, node.domain or "ai.onnx", node.opset, described(node.inputs),
                               described(node.outputs), params,
                               find_handler(node.domain, node.op_type, node.opset) is not None))
     return rows

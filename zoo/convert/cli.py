@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.layers:
             rows = api.layers(args.onnx)
+            print(api.LayerInfo.HEADER)
             for row in rows:
                 print(row)
             missing = sorted({(r.op_type, r.opset) for r in rows if not r.supported})
@@ -54,4 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    try:
+        return run(build_parser().parse_args(argv))
+    except BrokenPipeError:  # `--layers | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -95,6 +95,8 @@ def without_weights(proto: onnx.ModelProto, apart: dict[str, np.ndarray] | None 
 def load_model(onnx_path: str | os.PathLike, weights_apart: bool = True) -> LoadedModel:
     """The checked model; with ``weights_apart``, its big initializers as arrays in ``weights``."""
     path = Path(onnx_path)
+    if path.is_dir():
+        raise ConversionError(f"{path}: is a folder; pass the .onnx file inside it")
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     if path.stat().st_size == 0:

@@ -199,6 +199,7 @@ class Lowering:
         self.graph = graph
         self.parts = ModuleParts()
         self.attrs = Namespace()
+        self.layer_of: dict[str, str] = {}  # output value -> the layer computing it (for `layers()`)
         self.used: set[str] = {n for node in graph.nodes for n in node.inputs if n} | set(graph.outputs)
         params = [v.name for v in graph.values.values() if v.const is not None and v.const.dtype.kind == "f"]
         self._param_prefix = common_prefix(params)
@@ -231,6 +232,7 @@ class Lowering:
         wanted = (hint and self._given_name(node)) or hint or self._layer_hint(node)
         attr = self.attrs.claim(wanted, fallback=node.op_type.lower())
         self.parts.layers.append(Layer(attr, ctor, wanted))
+        self.layer_of.update({out: attr for out in node.outputs if out})
         for key, array in tensors.items():
             self.parts.tensors[f"{attr}.{key}"] = np.asarray(array, order="C")  # no copy: torch reads it once
         return f"self.{attr}"

@@ -323,6 +323,20 @@ def fuse_channel_shuffle(graph: Graph) -> None:
                               {"groups": groups}, 1)
         removed.update((id(swap), id(last)))
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
+def adapt_global_pool(graph: Graph) -> None:
+    """An AveragePool or MaxPool whose window covers the whole unpadded feature map becomes the global
+    pool: the same numbers at the traced size, and adaptive (any input size) in the generated code."""
+    for node in graph.nodes:
+        if node.op_type not in ("AveragePool", "MaxPool") or len(node.outputs) != 1:
+            continue
+        shape = graph.value(node.inputs[0]).shape
+        kernel = list(node.attrs.get("kernel_shape", []))
+        if shape is None or len(shape) < 3 or list(shape[2:]) != kernel or any(node.attrs.get("pads", [])) \
+                or any(d != 1 for d in node.attrs.get("dilations", [1] * len(kernel))) \
+                or node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+            continue
+        node.op_type = "GlobalAveragePool" if node.op_type == "AveragePool" else "GlobalMaxPool"
+        node.attrs = {}
 
 
 def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:

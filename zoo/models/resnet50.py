@@ -3,6 +3,7 @@
 # Do not edit by hand: regenerate with `python scripts/build.py resnet50`.
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class Resnet50(nn.Module):
@@ -115,7 +116,6 @@ class Resnet50(nn.Module):
         self.res5_2_branch2b_bn = nn.BatchNorm2d(512)
         self.res5_2_branch2c = nn.Conv2d(512, 2048, kernel_size=1, bias=False)
         self.res5_2_branch2c_bn = nn.BatchNorm2d(2048)
-        self.avgpool = nn.AvgPool2d(kernel_size=7, stride=1)
         self.pred = nn.Linear(2048, 1000)
 
     def forward_features(self, gpu_0_data_0: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ class Resnet50(nn.Module):
         y = torch.relu(self.res5_2_branch2a_bn(self.res5_2_branch2a(x)))
         y = torch.relu(self.res5_2_branch2b_bn(self.res5_2_branch2b(y)))
         x = torch.relu(self.res5_2_branch2c_bn(self.res5_2_branch2c(y)) + x)
-        return torch.flatten(self.avgpool(x), 1)
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.pred(features)

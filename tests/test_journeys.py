@@ -1,0 +1,188 @@
+"""A new user's journeys, end to end through the CLI and the public API: export a torchvision model,
+inspect it, convert it, load it back, add it to a registry of one's own (a local file as its source),
+build it, fine-tune it on an ImageFolder, predict with the result, and save / pickle the module."""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import zoo
+from zoo.convert import load_converted
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ENTRY = """\
+models:
+  tiny_resnet:
+    description: A torchvision ResNet-18 exported by the user.
+    upstream: torchvision resnet18 (random weights), torch.onnx.export opset 17
+    paper: https://arxiv.org/abs/1512.03385
+    license: BSD-3-Clause
+    source:
+      file: resnet18.onnx
+      urls: [{url}]
+      sha256: {sha256}
+      size: {size}
+    input_size: [3, 224, 224]
+    preprocessing:
+      channel_order: RGB
+      value_range: 1
+      mean: [0.485, 0.456, 0.406]
+      std: [0.229, 0.224, 0.225]
+      resize: 256
+      crop: 224
+      source: torchvision's ImageNet statistics
+    labels: imagenet-1k
+    classifier: {classifier}
+    logits: logits
+"""
+
+
+def zoo_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **(env or {})})
+    if check:
+        assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """What README shows: torch.onnx.export with BatchNorm kept (TrainingMode.PRESERVE) and a dynamic batch."""
+    path = tmp_path_factory.mktemp("export") / "resnet18.onnx"
+    model = torchvision.models.resnet18(num_classes=1000).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    return path
+
+
+def test_inspect_convert_and_load_back(exported, tmp_path):
+    listed = zoo_cli("convert", exported, "--layers")
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["op", "onnx", "node"] and "layer" in header
+    gemm = next(r for r in rows if r.startswith("Gemm"))
+    assert " fc " in f" {gemm} "  # the generated layer name, to put in the registry as `classifier`
+    piped = subprocess.run(f"{sys.executable} -m zoo convert {exported} --layers | head -2", shell=True,
+                           capture_output=True, text=True, timeout=300)
+    assert len(piped.stdout.splitlines()) == 2 and "Traceback" not in piped.stderr
+    folder = tmp_path / "out"
+    zoo_cli("convert", exported, "-o", folder)
+    module = load_converted(folder)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert module(x).shape == (2, 1000)
+    assert (folder / "resnet18.safetensors").stat().st_mode & 0o777 == (folder / "resnet18.py").stat().st_mode & 0o777
+    bad = zoo_cli("convert", tmp_path, "-o", tmp_path / "x", check=False)
+    assert bad.returncode == 2 and "is a folder" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def own_zoo(exported, tmp_path_factory):
+    """A registry of one's own (ZOO_REGISTRY) whose entry's source is a local path, built with the CLI."""
+    root = tmp_path_factory.mktemp("myzoo")
+    hashed = zoo_cli("hash", exported).stdout
+    sha256 = hashed.split("sha256: ")[1].split()[0]
+    size = int(hashed.split("size: ")[1].split()[0])
+    (root / "registry.yaml").write_text(ENTRY.format(url=exported, sha256=sha256, size=size, classifier="fc"))
+    env = {"ZOO_REGISTRY": str(root / "registry.yaml"), "ZOO_CACHE": str(root / "cache"),
+           "ZOO_PINS": str(root / "none.json")}
+    offline = zoo_cli("build", "--offline", "--out", root / "offline", env=env)
+    assert "skipped: no stand-in" in offline.stdout  # an entry without a stand-in never breaks offline builds
+    zoo_cli("build", "--out", root / "build", env=env)
+    assert (root / "models" / "tiny_resnet.py").is_file()
+    return root, env
+
+
+def test_own_registry_model_matches_its_onnx_file(own_zoo, exported, monkeypatch):
+    root, env = own_zoo
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert zoo.list_models() == ["tiny_resnet"]
+    model = zoo.create_model("tiny_resnet", pretrained=True).eval()  # converted from the local file, cached
+    import onnxruntime as ort
+
+    x = torch.randn(2, 3, 224, 224)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
+
+
+def _image_folder(root: Path) -> Path:
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    for split, count in (("train", 6), ("val", 3)):
+        for name, rgb in colours.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (40 + i, 48), tuple(max(0, c - 9 * i) for c in rgb)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_fine_tune_then_predict_with_the_trained_labels(own_zoo, tmp_path):
+    root, env = own_zoo
+    data = _image_folder(tmp_path / "data")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "finetune.py"), "--model", "tiny_resnet", "--data",
+                           str(data), "--epochs", "1", "--image-size", "64", "--batch-size", "6",
+                           "--out", str(tmp_path / "ft")], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    predicted = zoo_cli("predict", "tiny_resnet", data / "val" / "red" / "0.png", "--weights", tmp_path / "ft",
+                        "--top", "3", env=env)
+    names = [line.split()[-1] for line in predicted.stdout.splitlines()[1:]]
+    assert sorted(names) == ["blue", "green", "red"]
+    code = ("import zoo; m = zoo.create_model('tiny_resnet', pretrained=%r); t = zoo.transforms(m); "
+            "print(m.num_classes, zoo.labels(m), t.transforms[2].size, m.pretrained_cfg['accuracy'])" % str(tmp_path / "ft"))
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **env})
+    assert shown.stdout.strip() == "3 ['blue', 'green', 'red'] (64, 64) None", shown.stderr
+    wrong = subprocess.run([sys.executable, "-c", code.replace("pretrained=", "num_classes=5, pretrained=")],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    assert wrong.returncode != 0 and "3-class head, not num_classes=5" in wrong.stderr
+
+
+def test_finetune_cli_failures_are_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "finetune.py"), "--model", "squeezenet1_1",
+                           "--dataset", "digits", "--pretrained", str(tmp_path / "missing")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no such file or folder" in done.stderr and "--pretrained" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "resnet50"])
+def test_models_pickle_save_whole_and_deepcopy(name, tmp_path):
+    model = zoo.create_model(name, num_classes=4).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(copy.deepcopy(model)(x), expected)
+        assert torch.equal(pickle.loads(pickle.dumps(model))(x), expected)
+    torch.save(model, tmp_path / "whole.pt")
+    torch.save(x, tmp_path / "x.pt")
+    code = (f"import torch; m = torch.load({str(tmp_path / 'whole.pt')!r}, weights_only=False); "
+            f"x = torch.load({str(tmp_path / 'x.pt')!r}); print(type(m).__module__, m.num_classes, m(x).sum().item())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    module, classes, total = done.stdout.split()
+    assert module == "zoo.architectures" and classes == "4" and float(total) == pytest.approx(expected.sum().item(),
+                                                                                            rel=1e-5), done.stderr
+
+
+def test_fixed_and_adaptive_pool_heads():
+    resnet = zoo.resnet50().eval()  # registry: global_pool adaptive
+    with torch.no_grad():
+        assert resnet(torch.randn(1, 3, 224, 224)).shape == resnet(torch.randn(1, 3, 160, 192)).shape == (1, 1000)
+    googlenet = zoo.googlenet().eval()  # Caffe's padded 7x7 pooling: needs its native size
+    with pytest.raises(ValueError, match=r"googlenet needs 224x224 inputs .* got 160x160"):
+        googlenet(torch.randn(1, 3, 160, 160))

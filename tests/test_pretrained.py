@@ -1,0 +1,184 @@
+"""pretrained=True without published weights: the pinned ONNX file is fetched (loopback HTTP only),
+converted into the committed module's weights, cached, and checked on every later load."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+import zoo
+from zoo.build import prepare_graph
+from zoo.download import file_sha256
+from zoo.registry import DEFAULT_REGISTRY, load_registry
+from zoo.weights import WeightsError
+
+from .servers import FileServer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_FOUR = ("squeezenet1_1", "densenet121", "resnet50", "googlenet")
+STANDIN_OF = {name: load_registry().entry(name).source.standin for name in FIRST_FOUR}
+
+
+def write_registry(folder: Path, standins: dict[str, Path], urls, edit=lambda name, source: None) -> Path:
+    """A copy of the packaged registry pinning the stand-ins' real bytes, with the committed sources beside it."""
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["models"] = {name: data["models"][name] for name in STANDIN_OF}
+    for name, body in data["models"].items():
+        path = standins[STANDIN_OF[name]]
+        body["source"].update(sha256=file_sha256(path), size=path.stat().st_size, urls=urls(body["source"]["file"]))
+        edit(name, body["source"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "registry.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copytree(ROOT / "zoo" / "models", folder / "models", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("published.json", "__pycache__"))
+    return folder / "registry.yaml"
+
+
+@pytest.fixture(scope="module")
+def server(standins):
+    files = {f"/{e.source.file}": standins[STANDIN_OF[e.name]].read_bytes()
+             for e in load_registry().values() if e.name in STANDIN_OF}
+    with FileServer(files) as srv:
+        yield srv
+
+
+@pytest.fixture
+def zoo_env(server, standins, tmp_path, monkeypatch):
+    """ZOO_REGISTRY pointing at the loopback server, an empty ZOO_CACHE and no pinned Hub revisions."""
+    registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"])
+    env = {"ZOO_REGISTRY": str(registry), "ZOO_CACHE": str(tmp_path / "cache"), "ZOO_PINS": str(tmp_path / "none.json")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("ZOO_ONNX_MIRROR", raising=False)
+    server.requests.clear()
+    return {**env, "registry": registry, "root": tmp_path}
+
+
+def _onnxruntime_logits(standin: Path, logits: str, x: np.ndarray, tmp: Path) -> np.ndarray:
+    prepared = prepare_graph(standin, logits, tmp / "prepared.onnx")
+    session = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _subprocess(env: dict, code: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, **{k: v for k, v in env.items() if k.isupper()}}
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", sorted(STANDIN_OF))
+def test_first_load_converts_caches_and_matches_onnxruntime(name, zoo_env, server, standins, tmp_path):
+    model = zoo.create_model(name, pretrained=True).eval()
+    entry = load_registry().entry(name)
+    assert model.pretrained_cfg["weights"] == f"onnx://{entry.source.file}@sha256:{entry.source.sha256}"
+    assert server.requests == [(f"/{entry.source.file}", None)]
+    x = np.random.default_rng(0).normal(size=(1, *entry.input_size)).astype(np.float32)
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x)).numpy()
+    reference = _onnxruntime_logits(standins[STANDIN_OF[name]], entry.logits, x, tmp_path)
+    assert np.abs(ours - reference).max() <= 1e-4 * np.abs(reference).max()
+    cached = list((Path(zoo_env["ZOO_CACHE"]) / name / entry.source.sha256).glob("*/model.safetensors"))
+    assert len(cached) == 1 and (cached[0].parent / "model.safetensors.sha256").read_text().strip() == \
+        file_sha256(cached[0])
+
+
+def test_second_load_in_a_fresh_process_touches_neither_network_nor_onnx(zoo_env, server):
+    first = zoo.squeezenet1_1(pretrained=True)
+    assert len(server.requests) == 1
+    source_cache = Path(zoo_env["ZOO_CACHE"]) / "sources"
+    shutil.rmtree(source_cache)  # the ONNX file is gone too: only the converted weights may be read
+    done = _subprocess(zoo_env, "import zoo, hashlib; m = zoo.squeezenet1_1(pretrained=True); "
+                                "print(hashlib.sha256(m.conv10.weight.detach().numpy().tobytes()).hexdigest())")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == hashlib.sha256(first.conv10.weight.detach().numpy().tobytes()).hexdigest()
+    assert len(server.requests) == 1 and not source_cache.exists()
+
+
+def test_altered_cache_is_detected_and_rebuilt(zoo_env, caplog):
+    zoo.squeezenet1_1(pretrained=True)
+    (cached,) = Path(zoo_env["ZOO_CACHE"]).glob("squeezenet1_1/*/*/model.safetensors")
+    reference = zoo.squeezenet1_1(pretrained=True).conv1.weight.detach().clone()
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="zoo"):
+        again = zoo.squeezenet1_1(pretrained=True)
+    assert "do not match their recorded sha256; rebuilding" in caplog.text
+    assert torch.equal(again.conv1.weight, reference)
+    assert file_sha256(cached) == (cached.parent / "model.safetensors.sha256").read_text().strip()
+
+
+def test_wrong_hash_names_url_expected_and_actual(server, standins, tmp_path, monkeypatch):
+    registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"],
+                              edit=lambda name, source: source.update(sha256="0" * 64))
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    with pytest.raises(WeightsError) as err:
+        zoo.squeezenet1_1(pretrained=True)
+    text = str(err.value)
+    assert f"{server.url}/squeezenet1.0-9.onnx" in text and "expected " + "0" * 64 in text
+    assert file_sha256(standins["squeezenet"]) in text
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]  # nothing half-written
+
+
+def test_truncated_file_server_down_and_a_good_mirror(server, standins, tmp_path, monkeypatch):
+    dead = "http://127.0.0.1:9"
+    registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{dead}/{f}", f"{server.url}/missing/{f}"])
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    with pytest.raises(WeightsError, match=r"(?s)127.0.0.1:9/squeezenet1.0-9.onnx: .*missing/squeezenet1.0-9.onnx: "
+                                           r".*404"):
+        zoo.squeezenet1_1(pretrained=True)
+    full = server.files["/squeezenet1.0-9.onnx"]
+    server.files["/short/squeezenet1.0-9.onnx"] = full[: len(full) // 2]
+    monkeypatch.setenv("ZOO_ONNX_MIRROR", f"{server.url}/short")
+    with pytest.raises(WeightsError, match=r"short/squeezenet1.0-9.onnx: .*expected 4,952,222 bytes|bytes"):
+        zoo.squeezenet1_1(pretrained=True)
+    monkeypatch.setenv("ZOO_ONNX_MIRROR", server.url)  # 404s and the dead server come after a good mirror
+    model = zoo.squeezenet1_1(pretrained=True)
+    assert model.pretrained_cfg["weights"].startswith("onnx://")
+
+
+def test_offline_with_and_without_cache(zoo_env, monkeypatch):
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    with pytest.raises(WeightsError, match=r"offline .* nothing is cached; fetch squeezenet1.0-9.onnx"):
+        zoo.squeezenet1_1(pretrained=True)
+    monkeypatch.delenv("ZOO_OFFLINE")
+    zoo.squeezenet1_1(pretrained=True)
+    done = _subprocess({**zoo_env, "HF_HUB_OFFLINE": "1"}, "import zoo; zoo.squeezenet1_1(pretrained=True); print('ok')")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_concurrent_first_loads_download_once(zoo_env, server):
+    code = ("import zoo, hashlib; m = zoo.densenet121(pretrained=True); "
+            "print(hashlib.sha256(m.fc6.weight.detach().numpy().tobytes()).hexdigest())")
+    env = {**os.environ, **{k: v for k, v in zoo_env.items() if k.isupper()}}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-800:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    assert len([r for r in server.requests if r[0] == "/densenet-9.onnx"]) == 1
+
+
+def test_committed_source_and_upstream_graph_disagree(server, standins, tmp_path, monkeypatch):
+    registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"])
+    source = tmp_path / "zoo" / "models" / "squeezenet1_1.py"
+    source.write_text(source.read_text().replace("nn.Conv2d(512, 1000, kernel_size=1)",
+                                                 "nn.Conv2d(512, 1000, kernel_size=3)"))
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    with pytest.raises(WeightsError, match=r"squeezenet1_1: the committed source and the upstream graph "
+                                           r"squeezenet1.0-9.onnx disagree, first at '.*conv10.weight'"):
+        zoo.squeezenet1_1(pretrained=True)

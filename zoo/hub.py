@@ -1,0 +1,116 @@
+"""Models on the Hugging Face Hub, timm-style and without remote code: ``push_to_hub`` uploads weights, a
+config.json naming a registry architecture and a model card; ``create_model("hf-hub:org/name")`` builds
+that registry architecture and loads them. Nothing is ever imported from a repository."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from .convert.api import write_atomically
+from .registry import RegistryError, load_registry
+from .weights import WeightsError
+
+FILES = ("model.safetensors", "config.json", "README.md")
+
+
+class HubPublisher:
+    """Publishes a folder with huggingface_hub: create the repository if needed, upload the folder."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None):
+        self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+        self.token = token
+
+    def publish(self, folder: Path, repo: str, message: str, *, private: bool = False,
+                revision: str | None = None) -> str:
+        """Upload the folder's files to the repo; return the commit revision."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=self.endpoint, token=self.token)
+        api.create_repo(repo, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo, branch=revision, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message=message, revision=revision,
+                                 allow_patterns=list(FILES))
+        return info.oid
+
+
+def save_pretrained(model, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` and its ``config.json`` (classes, labels, preprocessing) into ``folder``;
+    ``zoo.create_model(name, pretrained=folder)`` reads them back."""
+    from .factory import model_config
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomically(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    config = {**model_config(model), **(extra or {})}
+    write_atomically(folder / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    return folder
+
+
+def _card(repo: str, config: dict[str, Any]) -> str:
+    labels = config.get("labels")
+    classes = f"{len(labels)} classes ({', '.join(map(str, labels[:10]))}{', ...' if len(labels) > 10 else ''})" \
+        if isinstance(labels, list) else f"{config['num_classes']} classes"
+    lines = ["---", "library_name: pytorch", "tags: [image-classification, zoo]", "---", "", f"# {repo}", ""]
+    if config.get("standin"):
+        lines += ["> **Stand-in weights**: the backbone was seeded random numbers, not pretrained.", ""]
+    lines += [f"A `{config['architecture']}` from the zoo's registry with {classes}.", "",
+              "```python", "import zoo", "", f'model = zoo.create_model("hf-hub:{repo}").eval()',
+              "preprocess, names = zoo.transforms(model), zoo.labels(model)", "```", ""]
+    return "\n".join(lines)
+
+
+def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token: str | None = None) -> str:
+    """Upload a zoo model (weights, config.json, model card) to ``repo_id``; return the commit revision.
+
+    ``zoo.create_model(f"hf-hub:{repo_id}")`` then rebuilds it from the registry architecture it names.
+    """
+    from .factory import ZooModel
+
+    if not isinstance(model, ZooModel):
+        raise TypeError(f"push_to_hub takes a zoo model (zoo.create_model(...)), got {type(model).__name__}")
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
+        folder = save_pretrained(model, tmp)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "README.md").write_text(_card(repo_id, config))
+        message = commit_message or f"zoo: {config['architecture']} with {config['num_classes']} classes"
+        return HubPublisher(token=token).publish(folder, repo_id, message, private=private, revision=revision)
+
+
+def from_hub(spec: str, *, num_classes: int | None = None):
+    """``create_model("hf-hub:org/name[@revision]")``: always with the repository's weights."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from .factory import create_model
+
+    repo, _, revision = spec.partition("@")
+    try:
+        folder = Path(snapshot_download(repo, revision=revision or None, allow_patterns=list(FILES),
+                                        endpoint=os.environ.get("HF_ENDPOINT") or None))
+    except LocalEntryNotFoundError:
+        raise WeightsError(f"hf-hub:{spec}: not in the local Hub cache and the Hub could not be reached") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise WeightsError(f"hf-hub:{spec}: {exc}") from None
+    config_path = folder / "config.json"
+    if not config_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise WeightsError(f"hf-hub:{spec}: the repository needs model.safetensors and config.json")
+    architecture = json.loads(config_path.read_text()).get("architecture")
+    try:
+        load_registry().entry(architecture)
+    except (RegistryError, TypeError):
+        raise WeightsError(f"hf-hub:{spec}: config.json names architecture {architecture!r}, which is not a model of "
+                           "this zoo's registry (zoo never imports code from a repository)") from None
+    model = create_model(architecture, pretrained=folder, num_classes=num_classes)
+    model.pretrained_cfg["weights"] = f"hf-hub:{repo}@{folder.name}"
+    return model
+
+
+__all__ = ["push_to_hub", "save_pretrained", "from_hub", "HubPublisher"]

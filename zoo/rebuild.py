@@ -1,0 +1,110 @@
+"""``pretrained=True`` without a Hub: the registry pins each model's upstream ONNX file, and the committed
+source was generated from exactly that graph, so its weights can always be rebuilt from the file.
+
+The file is fetched (``$ZOO_ONNX_MIRROR`` first, then the registry's URLs; size and sha256 checked),
+converted by the same code as the build, checked against the committed module's layers, and saved once
+as ``$ZOO_CACHE/<name>/<sha256 of the ONNX file>/<build fingerprint>/model.safetensors`` with its own
+sha256 beside it. Later loads read only that file. The fingerprint covers the converter's code, so
+regenerated sources with other ``state_dict`` keys never meet stale weights.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+from safetensors import safe_open
+
+from .download import DownloadError, cache_root, fetch, file_sha256, is_offline, mirrored
+from .registry import Entry
+from .weights import WeightsError
+
+log = logging.getLogger("zoo")
+WEIGHTS = "model.safetensors"
+CHECKSUM = "model.safetensors.sha256"
+
+
+def cache_folder(entry: Entry) -> Path:
+    from .build import fingerprint
+
+    return cache_root() / entry.name / entry.source.sha256 / fingerprint(entry, standin=False)[:16]
+
+
+def _cached(folder: Path) -> Path | None:
+    """The cached weights if they are intact; an altered or half-written entry is removed."""
+    weights, checksum = folder / WEIGHTS, folder / CHECKSUM
+    if not weights.is_file() or not checksum.is_file():
+        return None
+    if file_sha256(weights) == checksum.read_text().strip():
+        return weights
+    log.warning("%s: the cached weights do not match their recorded sha256; rebuilding them", weights)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _check_layers(entry: Entry, weights: Path) -> None:
+    """The upstream graph must still give the committed source's layers: same keys, same shapes."""
+    from .factory import model_class
+
+    import torch
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in model_class(entry.name)().state_dict().items()}
+    with safe_open(str(weights), framework="pt") as f:
+        got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for key in sorted(set(expected) | set(got)):
+        if expected.get(key) != got.get(key):
+            raise WeightsError(
+                f"{entry.name}: the committed source and the upstream graph {entry.source.file} disagree, first at "
+                f"{key!r}: source {expected.get(key, 'absent')}, converted graph {got.get(key, 'absent')}; "
+                f"regenerate the source with `python scripts/build.py {entry.name}`")
+
+
+def _fetch(entry: Entry) -> Path:
+    urls = mirrored(entry.source.urls, entry.source.file)
+    offline = is_offline()
+    try:
+        return fetch(urls, entry.source.sha256, filename=entry.source.file, size=entry.source.size, offline=offline)
+    except DownloadError as exc:
+        if offline:
+            raise WeightsError(
+                f"{entry.name}: offline (HF_HUB_OFFLINE/ZOO_OFFLINE) and nothing is cached; fetch "
+                f"{entry.source.file} (sha256 {entry.source.sha256}) from {urls[0]} once with network access, or "
+                f"point ZOO_ONNX_MIRROR at a folder or server holding it") from None
+        raise WeightsError(f"{entry.name}: {exc}") from None
+
+
+def upstream_weights(entry: Entry) -> Path:
+    """The model's weights converted from its pinned ONNX file, built on first use and cached."""
+    folder = cache_folder(entry)
+    found = _cached(folder)
+    if found is not None:
+        log.info("%s: weights from the cache, %s (converted from %s)", entry.name, found, entry.source.file)
+        return found
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):  # one download and one conversion at a time
+        found = _cached(folder)
+        if found is not None:
+            return found
+        from .build import BuildError, convert_entry
+
+        log.info("%s: no published weights; fetching %s", entry.name, entry.source.file)
+        onnx_path = _fetch(entry)
+        log.info("%s: converting %s into the committed module's weights", entry.name, onnx_path)
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".rebuild-") as tmp:
+            try:
+                _, result = convert_entry(entry, onnx_path, Path(tmp))
+            except BuildError as exc:
+                raise WeightsError(str(exc)) from None
+            _check_layers(entry, result.weights_path)
+            staged = Path(tmp) / "staged"
+            staged.mkdir()
+            os.replace(result.weights_path, staged / WEIGHTS)
+            (staged / CHECKSUM).write_text(file_sha256(staged / WEIGHTS) + "\n")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staged, folder)
+        log.info("%s: weights cached in %s", entry.name, folder)
+        return folder / WEIGHTS
