@@ -4,6 +4,9 @@ A subgraph is lowered by the same handlers as the main graph, into a statement l
 emitted by the same :func:`emit_body`, so branches and loop bodies read like the rest of the module.
 Its reads of the outer scope become arguments. An If whose condition is constant once shapes are known
 (exporters leave many) is replaced by the taken branch, inline.
+
+These handlers reach into the lowering (``ctx._lowering``): a subgraph needs its statement list, its names
+and its layers, which no other op touches.
 """
 from __future__ import annotations
 
