@@ -1,12 +1,13 @@
 """The offline end-to-end demo (README command 1).
 
-1. build the four registry models from stand-ins (the ONNX model zoo's exact graphs with seeded random
+1. build the registry's models from stand-ins (the ONNX model zoo's exact graphs with seeded random
    weights: never pretrained), verifying each against onnxruntime;
 2. publish them to a Hugging Face Hub served on loopback (olah), pinning each revision and sha256;
 3. load ``zoo.densenet121(pretrained=True)`` from that Hub through huggingface_hub;
 4. classify a real photo (shipped in scikit-learn);
 5. fine-tune a new 10-class head briefly on scikit-learn's real handwritten digits;
-6. print a summary.
+6. load the fine-tuned folder back (labels and image size come from its config.json) and predict a digit;
+7. print a summary.
 """
 from __future__ import annotations
 
@@ -77,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
                                             "--out", str(out / "finetuned")]))
         summary.append(f"fine-tuned densenet121 -> {out / 'finetuned'}: val accuracy {ft['val_accuracy']:.1%} "
                        f"(chance 10%)")
+
+        print("6. predicting a digit with the fine-tuned folder (its config.json brings labels and image size) ...")
+        from zoo.finetune import DigitsDataset
+
+        tuned = zoo.densenet121(pretrained=out / "finetuned").eval()
+        image, target = DigitsDataset(train=False)[0]
+        with torch.no_grad():
+            guess = zoo.labels(tuned)[int(tuned(zoo.transforms(tuned)(image).unsqueeze(0)).argmax())]
+        summary.append(f"fine-tuned model: {tuned.num_classes} classes {zoo.labels(tuned)}, input "
+                       f"{zoo.transforms(tuned).transforms[2].size}; a validation '{int(target)}' predicted as "
+                       f"'{guess}'")
 
     print("\nSummary (offline; every weight here is a stand-in: real weights come from running "
           "`python scripts/build.py --push` with network access)")

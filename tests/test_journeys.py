@@ -186,3 +186,16 @@ def test_fixed_and_adaptive_pool_heads():
     googlenet = zoo.googlenet().eval()  # Caffe's padded 7x7 pooling: needs its native size
     with pytest.raises(ValueError, match=r"googlenet needs 224x224 inputs .* got 160x160"):
         googlenet(torch.randn(1, 3, 160, 160))
+
+
+def test_generated_names_never_shadow_builtins(tmp_path):
+    from onnx import helper
+
+    from zoo.convert import convert
+
+    from .helpers import make_model, tensor
+
+    make_model([helper.make_node("Relu", ["input"], ["max"])], [tensor("input", ["N", 3])], [tensor("max", ["N", 3])],
+               path=tmp_path / "names.onnx")
+    source = convert(tmp_path / "names.onnx", tmp_path / "out").source_path.read_text()
+    assert "def forward(self, input_: torch.Tensor)" in source

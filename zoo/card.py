@@ -8,7 +8,7 @@ import yaml
 
 from .registry import Entry
 
-_HUB_LICENSES = {"Apache-2.0": "apache-2.0", "BSD-3-Clause": "bsd-3-clause", "MIT": "mit"}
+_HUB_LICENSES = {"Apache-2.0": "apache-2.0", "BSD-3-Clause": "bsd-3-clause", "MIT": "mit", "CC-BY-4.0": "cc-by-4.0"}
 
 
 def make_config(entry: Entry, *, class_name: str, standin: bool, source_sha256: str, converter_version: str,

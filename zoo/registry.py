@@ -6,6 +6,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,16 @@ def load_registry(path: str | os.PathLike | None = None) -> Registry:
     A file that cannot be read or parsed raises RegistryError; a malformed entry is kept in ``errors``.
     """
     path = registry_path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read ({exc.strerror})") from exc
+    return _parse(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=16)
+def _parse(path: Path, mtime_ns: int, size: int) -> Registry:
+    """One parse per version of the file (it is read on every model construction)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -4,6 +4,7 @@ Only the characters [A-Za-z0-9_] survive, so nothing from the file can reach gen
 """
 from __future__ import annotations
 
+import builtins
 import keyword
 import os
 import re
@@ -19,7 +20,7 @@ _ROLE_WORDS = {
 RESERVED = (
     {"torch", "nn", "F", "self", "forward", "super", "init", "Tensor", "tuple", "float", "int", "list"}
     | set(dir(nn.Module))
-    | set(dir(__builtins__) if isinstance(__builtins__, dict) else dir(__import__("builtins")))
+    | set(dir(builtins))
 )
 
 
