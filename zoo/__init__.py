@@ -12,14 +12,15 @@ import os as _os
 from .factory import WeightsError, ZooModel, add_models_dir as _add_models_dir, constructor, create_model, list_models  # noqa: E402,E501
 from .fuse import fuse  # noqa: E402
 from .hub import push_to_hub  # noqa: E402
+from .optim import param_groups  # noqa: E402
 from .preprocess import labels, transforms  # noqa: E402
 from .registry import RegistryError, models_dir as _models_dir  # noqa: E402
 
 if _os.environ.get("ZOO_REGISTRY"):
     _add_models_dir(_models_dir())  # so pickled models of another registry load in a fresh process
 
-_API = ["create_model", "list_models", "fuse", "transforms", "labels", "push_to_hub", "ZooModel", "WeightsError",
-        "RegistryError"]
+_API = ["create_model", "list_models", "fuse", "transforms", "labels", "push_to_hub", "param_groups", "ZooModel",
+        "WeightsError", "RegistryError"]
 
 
 def __getattr__(name: str):

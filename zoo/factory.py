@@ -31,24 +31,34 @@ class ZooModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier of the same kind (Linear or 1x1 Conv) with ``num_classes`` outputs."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-        old = self.get_classifier()
-        if isinstance(old, nn.Linear):
-            new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
-        elif isinstance(old, nn.Conv2d):
-            new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride,
-                            padding=old.padding, bias=old.bias is not None)
-        else:
-            raise TypeError(f"cannot reset a classifier of type {type(old).__name__}")
-        if old.weight.device.type != "meta":
-            new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier of the same kind (Linear or 1x1 Conv) with ``num_classes`` outputs; 0 removes it
+        (``forward`` then returns the pooled features). global_pool: as for :func:`create_model`."""
+        from .backbone import new_classifier, set_head
+
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
+        new = new_classifier(self, num_classes)
         parent, _, leaf = self.classifier_name.rpartition(".")
         setattr(self.get_submodule(parent) if parent else self, leaf, new)
         self.num_classes = num_classes
         self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        if global_pool is not None or self.pretrained_cfg.get("model_args"):
+            set_head(self, global_pool=global_pool)  # the head options follow the new classifier
+
+    @property
+    def feature_info(self):
+        """Per stage (every drop of spatial resolution, and the final features): num_chs, reduction, module."""
+        from .backbone import FeatureInfo, stages
+
+        found = stages(self)
+        return FeatureInfo(found, range(len(found)))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, intermediates_only: bool = False):
+        """(final feature map, [one feature map per stage in ``indices``]), as timm's forward_intermediates."""
+        from .backbone import forward_intermediates
+
+        return forward_intermediates(self, x, indices, intermediates_only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels = self.pretrained_cfg["input_size"][0]
@@ -56,6 +66,8 @@ class ZooModel(nn.Module):
             raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
                              f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
                              f"got {tuple(x.shape)}")
+        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.backbone.set_head): a rewritten graph
+            return self.__dict__["_zoo_forward"](x)
         native = tuple(self.pretrained_cfg["native_size"])
         if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
             return super().forward(x)
@@ -138,7 +150,9 @@ def _config(entry: Entry) -> dict[str, Any]:
 
 
 # What a weights folder's config.json may say about the weights beside it.
-DESCRIBED = ("num_classes", "labels", "preprocessing", "input_size", "standin", "accuracy", "finetune", "base")
+DESCRIBED = ("num_classes", "labels", "preprocessing", "input_size", "standin", "accuracy", "finetune", "base",
+             "model_args")
+BACKBONE_OPTIONS = ("features_only", "out_indices", "in_chans", "drop_rate", "global_pool")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -168,14 +182,25 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
         ``model.safetensors`` or a folder holding one, and the ``config.json`` beside it (classes, labels,
         preprocessing, stand-in flag); ``False`` leaves the layers' default initialization.
     num_classes: default: what the weights have (1000 for the zoo's own). Another number puts a fresh
-        classifier on the ImageNet backbone, ready for fine-tuning.
+        classifier on the ImageNet backbone, ready for fine-tuning; 0 removes it (``forward`` returns the
+        pooled features).
+    features_only, out_indices: a backbone whose ``forward`` returns one feature map per stage (all, or those
+        in ``out_indices``), described by its ``feature_info``; see :mod:`zoo.backbone`.
+    in_chans: input channels; the first convolution's weights are summed (1) or repeated and rescaled.
+    drop_rate: dropout before the classifier. global_pool: "avg", "max", "avgmax" or "" (none, with
+        num_classes=0), for models whose head pools.
+    These options are recorded in ``pretrained_cfg["model_args"]`` and in a saved ``config.json``.
     """
+    from .backbone import configure, restore
+
+    options = {k: kwargs.pop(k) for k in BACKBONE_OPTIONS if k in kwargs}
     if kwargs:
         raise TypeError(f"create_model() got unexpected keyword arguments: {', '.join(kwargs)}")
     if isinstance(name, str) and name.startswith("hf-hub:"):
         from .hub import from_hub
 
-        return from_hub(name[len("hf-hub:"):], num_classes=num_classes)
+        model = from_hub(name[len("hf-hub:"):], num_classes=num_classes)
+        return configure(model, model.pretrained_cfg.get("model_args"), **options)
     entry = load_registry().entry(name)
     cfg = _config(entry)
     state, where, config = None, None, {}
@@ -197,11 +222,14 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     if state is not None:
         head = state.get(f"{entry.classifier}.weight")
         trained = int(head.shape[0]) if head is not None else NATIVE_CLASSES
+        if head is None and config.get("num_classes") == 0:
+            trained = 0  # saved without a classifier (num_classes=0, or a features_only backbone)
         if trained != NATIVE_CLASSES and num_classes not in (None, trained):
             raise WeightsError(f"{where}: the weights have a {trained}-class head, not num_classes={num_classes}; "
                                f"load them without num_classes, then call model.reset_classifier({num_classes})")
         if trained != NATIVE_CLASSES:
             model.reset_classifier(trained)  # a fine-tuned checkpoint with its own head
+        model = restore(model, config.get("model_args"))  # the layers the weights were saved from
         fit(model, state, where)
         model.pretrained_cfg = {**cfg, "num_classes": trained}
     if num_classes is not None and model.num_classes != num_classes:
@@ -209,7 +237,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
         if isinstance(model.pretrained_cfg.get("labels"), list):
             model.pretrained_cfg["labels"] = None  # a fresh head: the loaded label names no longer apply
         model.pretrained_cfg["accuracy"] = None
-    return model
+    return configure(model, config.get("model_args"), **options)
 
 
 def _constructor(entry: Entry) -> Callable[..., ZooModel]:
@@ -240,6 +268,8 @@ def model_config(model: ZooModel) -> dict[str, Any]:
                                                                           "weights": cfg.get("weights")}}
     if "finetune" in cfg:
         out["finetune"] = cfg["finetune"]
+    if cfg.get("model_args"):
+        out["model_args"] = cfg["model_args"]
     return out
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .factory import create_model
 from .hub import push_to_hub, save_pretrained
+from .optim import freeze_until, frozen_modules, param_groups
 from .preprocess import resized, transforms
 
 
@@ -114,8 +115,14 @@ def run(args) -> dict:
     if args.freeze_backbone:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(model.classifier_name + ".")
+    frozen_norms = []
+    if args.freeze_until is not None:
+        freeze_until(model, args.freeze_until)
+        frozen_norms = frozen_modules(model)
     model.to(env.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if args.layer_decay is not None or args.freeze_until is not None:
+        trainable = param_groups(model, args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay)
     net = DistributedDataParallel(model) if env.world > 1 else model
 
     sampler = DistributedSampler(train_set, env.world, env.rank, shuffle=True, seed=args.seed) if env.world > 1 else None
@@ -137,6 +144,8 @@ def run(args) -> dict:
             for m in model.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
+        for m in frozen_norms:
+            m.eval()
         total = 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not env.main, leave=False)
         for images, targets in bar:
@@ -153,6 +162,7 @@ def run(args) -> dict:
         if env.main:
             print(f"epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, val accuracy {accuracy:.3f}")
     result = {"model": args.model, "classes": classes, "history": history, "world_size": env.world,
+              "layer_decay": args.layer_decay, "freeze_until": args.freeze_until,
               "val_accuracy": history[-1]["val_accuracy"] if history else None}
     model.pretrained_cfg["finetune"] = {k: v for k, v in result.items() if k != "classes"}
     if env.main and args.out:
@@ -175,6 +185,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="'true' (default: the pretrained weights, from the pinned Hub revision or the upstream "
                              "ONNX file), 'none' (random initialization), or a weights file or folder")
     parser.add_argument("--freeze-backbone", action="store_true", help="train only the new classifier")
+    parser.add_argument("--freeze-until", type=int, metavar="STAGE",
+                        help="freeze the layers up to and including this stage (see model.feature_info)")
+    parser.add_argument("--layer-decay", type=float, metavar="RATE",
+                        help="layer-wise learning-rate decay, e.g. 0.75: each stage back from the classifier "
+                             "trains at RATE times the next one's learning rate")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
