@@ -301,3 +301,30 @@ def test_options_round_trip_through_the_hub(tmp_path, monkeypatch):
         with torch.no_grad():
             final, _ = model.forward_intermediates(x, indices=[0])
             torch.testing.assert_close(backbone(x)[0], final)
+        revision = zoo.push_to_hub(backbone, "someone/grey-backbone")  # a features_only model itself
+        again = zoo.create_model(f"hf-hub:someone/grey-backbone@{revision}")
+        assert again.pretrained_cfg["model_args"] == {"in_chans": 1, "features_only": True, "out_indices": [3]}
+        with torch.no_grad():
+            torch.testing.assert_close(again(x)[0], final)
+
+
+def test_head_options_compile_export_and_ddp():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from zoo.localhub import free_port
+
+    model = zoo.create_model("squeezenet1_1", num_classes=4, drop_rate=0.2, global_pool="avgmax", in_chans=1).eval()
+    x = torch.randn(2, 1, 128, 128)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.compile(model, backend="eager")(x), expected)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        backbone = zoo.create_model("squeezenet1_1", features_only=True, out_indices=(2, 3))
+        net = DistributedDataParallel(backbone)
+        sum(f.mean() for f in net(torch.randn(2, 3, 128, 128))).backward()
+        assert all(p.grad is not None for p in backbone.parameters())
+    finally:
+        dist.destroy_process_group()

@@ -74,7 +74,8 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
     """
     from .factory import ZooModel
 
-    if not isinstance(model, ZooModel):
+    backbone = hasattr(model, "feature_info") and hasattr(model, "pretrained_cfg")  # features_only=True
+    if not (isinstance(model, ZooModel) or backbone):
         raise TypeError(f"push_to_hub takes a zoo model (zoo.create_model(...)), got {type(model).__name__}")
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as tmp:
         folder = save_pretrained(model, tmp)
