@@ -1,4 +1,4 @@
-"""NonMaxSuppression and RoiAlign against onnxruntime on random inputs (flipped corners, boxes off the map)."""
+"""NonMaxSuppression, RoiAlign and the integer ops of dynamically quantized graphs, against onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,3 +50,16 @@ def test_roi_align(tmp_path, mode, sampling_ratio):
     rois = np.concatenate([start, start + RNG.uniform(1, 14, (5, 2))], 1).astype(np.float32)  # some off the map
     got, expected = _run(path, {"x": x, "rois": rois, "index": np.array([0, 1, 1, 0, 1])})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dynamically_quantized_matmul(tmp_path):
+    """DynamicQuantizeLinear then MatMulInteger with per-column weight zero points, as onnxruntime's
+    dynamic quantization writes a Linear layer."""
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
+             helper.make_node("MatMulInteger", ["q", "w", "zero", "w_zero"], ["y"])]
+    path = tmp_path / "qmm.onnx"
+    make_model(nodes, [tensor("x", [4, 6])], [tensor("y", [4, 5], TensorProto.INT32)],
+               {"w": RNG.integers(0, 255, (6, 5)).astype(np.uint8),
+                "w_zero": RNG.integers(100, 150, (5,)).astype(np.uint8)}, opset=13, path=path)
+    got, expected = _run(path, {"x": RNG.standard_normal((4, 6)).astype(np.float32)})
+    np.testing.assert_array_equal(got, expected)
