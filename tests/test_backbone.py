@@ -328,3 +328,33 @@ def test_head_options_compile_export_and_ddp():
         assert all(p.grad is not None for p in backbone.parameters())
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "resnet50"])
+def test_stages_survive_the_block_restructure(name, standins):
+    """Generated sources whose repeated blocks are classes (issue 12: dotted layer names) give the same stages,
+    features and parameter groups: everything is read from the traced graph, not from the module tree."""
+    from zoo.backbone import features_model
+    from zoo.convert import load
+    from zoo.factory import ZooModel
+    from zoo.registry import load_registry
+
+    entry = load_registry().entry(name)
+    structured = load(standins[entry.source.standin], outputs=[entry.logits], structure=True).eval()
+    nested = type("Nested", (ZooModel, type(structured)), {})
+    model = nested.__new__(nested)
+    model.__dict__.update(structured.__dict__)
+    flat = zoo.create_model(name)
+    model.classifier_name, model.pretrained_cfg, model.num_classes = entry.classifier, flat.pretrained_cfg, 1000
+    assert any("." in n.rpartition(".")[0] for n, _ in model.named_parameters())  # layers sit inside blocks
+    assert [(d["num_chs"], d["reduction"]) for d in model.feature_info] == \
+        [(d["num_chs"], d["reduction"]) for d in flat.feature_info]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        feats = features_model(model)(x)
+        hooked = _hooked(model, model.feature_info, x)
+    for i, f in hooked.items():
+        assert torch.equal(feats[i], f)
+    groups = zoo.param_groups(model, 1.0, weight_decay=0.1, layer_decay=0.5)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len({g["lr"] for g in groups}) == len(model.feature_info) + 1  # stages, then the classifier
