@@ -14,7 +14,7 @@ import zoo
 from zoo.backbone import traceable
 from zoo.hub import save_pretrained
 
-from .conftest import ZOO_MODELS, randomize_
+from .conftest import ZOO_MODELS
 
 # One model per kind of pooling head: a pooling function (ResNet), a 1x1-conv classifier on the pooled map
 # (DenseNet), the classifier before the pooling (SqueezeNet), a pooling layer plus Caffe's crop (GoogLeNet; the
@@ -149,16 +149,21 @@ def test_bad_backbone_arguments_name_the_argument():
 
 
 @pytest.mark.parametrize("name", ["squeezenet1_1", "resnet50"])
-def test_in_chans_grey_equals_repeated_grey(name, tmp_path):
-    """Saved 3-channel weights, adapted to one channel: the grey image gives what the 3-channel model gives for
-    the grey image repeated over its channels."""
-    save_pretrained(randomize_(zoo.create_model(name), seed=3), tmp_path / "w")
+def test_in_chans_grey_equals_repeated_grey(name, tmp_path, cut_standins):
+    """The stand-in weights (converted from the registry's stand-in ONNX file), adapted to one channel: the grey
+    image gives what the 3-channel model gives for the grey image repeated over its channels."""
+    from zoo.convert import load
+
+    standin = zoo.create_model(name)
+    standin.load_state_dict(load(cut_standins[name], structure=False).state_dict())
+    save_pretrained(standin, tmp_path / "w")
     rgb = zoo.create_model(name, pretrained=tmp_path / "w").eval()
     grey = zoo.create_model(name, pretrained=tmp_path / "w", in_chans=1).eval()
     assert grey.pretrained_cfg["input_size"] == [1, 224, 224] and grey.pretrained_cfg["model_args"] == {"in_chans": 1}
     x = torch.rand(2, 1, 224, 224) * 255
     with torch.no_grad():
         expected = rgb(x.expand(-1, 3, -1, -1))
+        assert expected.std() > 0 and not torch.equal(expected[0], expected[1])  # live activations
         torch.testing.assert_close(grey(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     with pytest.raises(ValueError, match=r"expects input of shape \(N, 1, H, W\)"):
         grey(torch.randn(1, 3, 224, 224))
