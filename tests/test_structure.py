@@ -171,3 +171,21 @@ def test_torchvision_exports_get_block_classes(arch, tmp_path):
     assert report.passed, str(report)
     blocks = [n for m, n in _classes(module).items() if type(module).__name__ != m and not hasattr(torch.nn, m)]
     assert max(blocks, default=0) == FOLDED[arch]
+
+
+@pytest.mark.parametrize("names,keys", [
+    (["a.0", "a.1"], ["a.0.weight", "a.1.weight"]),  # a numbered container: nn.Sequential
+    (["a.p", "a.q"], ["a.p.weight", "a.q.weight"]),  # a named one: nn.ModuleDict
+    (["a.0", "a.conv"], ["a_0.weight", "a_conv.weight"]),  # both in one container: no tree, flat names
+])
+def test_export_paths_become_containers_only_where_they_form_one(tmp_path, names, keys):
+    rng = np.random.default_rng(0)
+    inits = {f"{n}.weight": rng.normal(0, 0.3, (4, 4, 1, 1)).astype(np.float32) for n in names}
+    nodes = [helper.make_node("Conv", ["x", f"{names[0]}.weight"], ["h"]),
+             helper.make_node("Conv", ["h", f"{names[1]}.weight"], ["y"])]
+    path = tmp_path / "m.onnx"
+    make_model(nodes, [tensor("x", ["batch", 4, 3, 3])], [tensor("y", ["batch", 4, 3, 3])], inits, path=path,
+               producer_name="pytorch")
+    module = load(path)
+    assert sorted(module.state_dict()) == keys
+    assert verify(path, module, batch_sizes=(1, 2)).passed

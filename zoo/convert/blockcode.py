@@ -11,7 +11,7 @@ from .emit import emit_body
 from .ir import Graph
 from .lower import TOKEN, Layer, ModuleParts, Statement
 from .naming import RESERVED, Namespace, class_name, sanitize
-from .tree import is_path, nest, ref, restore
+from .tree import Conflict, is_path, nest, ref, restore
 
 if TYPE_CHECKING:
     from .blocks import _Discovery, _Instance
@@ -197,8 +197,12 @@ class Rewrite:
         optional_tops = {role.split(".")[0] for role, _, opt in decl if opt}
         if any(role.split(".")[0] in optional_tops for role, _, opt in decl if not opt):
             raise Decline("optional and present layers share a container")
+        try:
+            tops = nest([(role.split("."), fill(ctor, filled[role])) for role, ctor, _ in decl], 8)
+        except Conflict as exc:
+            raise Decline(str(exc)) from None
         lines = [f"        self.{name} = {ctor}" + (f" if {flag} else None" if name in optional_tops else "")
-                 for name, ctor in nest([(role.split("."), fill(ctor, filled[role])) for role, ctor, _ in decl], 8)]
+                 for name, ctor in tops]
         stmts = []
         for i in first.stmts:
             st = self.parts.statements[i]
@@ -209,7 +213,8 @@ class Rewrite:
         body = emit_body(stmts, self.parts, {first.inp: "x"}, [first.out],
                          weighted={f"self.{_ref(first.roles[a])}(" for a in first.attrs if a in self.finder.stateful})
         cls = self.class_names.claim(class_name(self._class_word(first, stmts, decl)), fallback="Block")
-        sig = ", ".join([f"{n}: {type_of(c)}" for c, n in columns.items()] + ([f"{flag}: bool = False"] if flag else []))
+        sig = ", ".join([f"{n}: {type_of(c)}" for c, n in columns.items()]
+                        + ([f"{flag}: bool = False"] if flag else []))
         src = (f"class {cls}(nn.Module):\n"
                + _wrap(f"    def __init__(self{', ' + sig if sig else ''}) -> None:", " " * 17) + "\n"
                + "        super().__init__()\n" + "\n".join(lines) + "\n\n"

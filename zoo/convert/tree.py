@@ -53,6 +53,8 @@ def container(children: list[tuple[str, str]], indent: int) -> str:
         by_index = {int(name): ctor for name, ctor in children}
         items = [by_index.get(i, "nn.Identity()") for i in range(max(by_index) + 1)]
         head, tail = "nn.Sequential(", ")"
+    elif any(name.isdigit() for name, _ in children):
+        raise Conflict("numbered and named children in one container")  # a ModuleDict key must be a name
     else:
         items = [f'"{name}": {ctor}' for name, ctor in children]
         head, tail = "nn.ModuleDict({", "})"
