@@ -220,3 +220,192 @@ def test_mutated_model_bytes_never_escape_as_other_errors(tmp_path_factory, data
         convert(path, tmp / "out")
     except ConversionError:
         pass
+
+
+# --- fuzzing the attributes that size allocations -----------------------------------------------------
+# One node whose attributes (kernel_shape, strides, pads, group, output_padding, shape targets, repeats,
+# pads amounts) and constant inputs are drawn valid, absent or hostile. The property: onnxruntime and the
+# converted module agree, or conversion refuses with a deliberate ConversionError (not the catch-all
+# "cannot convert" / "handler failed"); never another exception, never 10 s, never past the memory budget.
+
+BIG = 10**9
+LAYER_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool", "Gemm", "MatMul", "Reshape", "Expand", "Tile", "Pad"]
+LAYER_OUTCOMES: dict[str, int] = {}
+
+
+@st.composite
+def layer_graphs(draw):
+    def pick(valid, *wild):
+        """Mostly the valid value, sometimes absent (None), sometimes one of the hostile ones."""
+        roll = draw(st.integers(0, 9))
+        if roll < 6 or not wild:
+            return valid
+        return None if roll < 8 else draw(st.sampled_from(wild))
+
+    n = draw(st.sampled_from([1, 2]))
+    batch, channels = draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 4]))
+    spatial = [draw(st.integers(1, 7)) for _ in range(n)]
+    x_shape = [batch, channels, *spatial]
+    op = draw(st.sampled_from(LAYER_OPS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    weight = lambda *shape: rng.normal(0, 0.5, shape).astype(np.float32)  # noqa: E731
+    attrs, inits, inputs, out_rank = {}, {}, ["x"], len(x_shape)
+    if op in ("Conv", "ConvTranspose"):
+        group = pick(draw(st.sampled_from([1, channels])), 0, -1, 3, BIG)
+        g = group if group in (1, channels) else 1
+        kernel = [draw(st.integers(1, 3)) for _ in range(n)]
+        strides = pick([draw(st.integers(1, 3)) for _ in range(n)], [0] * n, [-1] * n, [1] * (n + 1), [BIG] * n)
+        attrs.update(kernel_shape=pick(kernel, [BIG] * n, [k + 1 for k in kernel], [0] * n, kernel + [1]),
+                     strides=strides, dilations=pick([draw(st.integers(1, 2)) for _ in range(n)], [0] * n, [BIG] * n),
+                     pads=pick([draw(st.integers(0, 2)) for _ in range(2 * n)], [-1] * (2 * n), [1] * n, [BIG] * (2 * n)),
+                     group=group)
+        per_group = draw(st.integers(1, 2))
+        if op == "Conv":
+            inits["w"] = weight(per_group * g, channels // g, *kernel)
+        else:
+            inits["w"] = weight(channels, per_group, *kernel)
+            s = strides if isinstance(strides, list) and len(strides) == n and min(strides) >= 1 else [1] * n
+            attrs["output_padding"] = pick([draw(st.integers(0, max(v - 1, 0))) for v in s], list(s), [BIG] * n,
+                                           [-1] * n)
+        out_ch = per_group * g
+        inputs.append("w")
+        if draw(st.booleans()):
+            inits["b"] = weight(draw(st.sampled_from([out_ch, out_ch, out_ch + 1])))
+            inputs.append("b")
+    elif op in ("MaxPool", "AveragePool"):
+        kernel = [draw(st.integers(1, 3)) for _ in range(n)]
+        attrs.update(kernel_shape=pick(kernel, [BIG] * n, [0] * n, [-2] * n, kernel + [1]),
+                     strides=pick([draw(st.integers(1, 3)) for _ in range(n)], [0] * n, [-1] * n, [BIG] * n),
+                     pads=pick([draw(st.integers(0, 1)) for _ in range(2 * n)], [-1] * (2 * n), [5] * (2 * n),
+                               [BIG] * (2 * n), [0] * n),
+                     ceil_mode=draw(st.sampled_from([0, 0, 1])))
+        if attrs["kernel_shape"] is None:
+            attrs["kernel_shape"] = kernel  # required: onnx.checker refuses it missing
+    elif op in ("Gemm", "MatMul"):
+        k, m = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+        x_shape = [batch, k] if op == "Gemm" or draw(st.booleans()) else [batch, channels, k]
+        out_rank = len(x_shape)
+        kb = pick(k, k + 1, 1 if k > 1 else 2)
+        kb = k if kb is None else kb
+        trans_b = draw(st.integers(0, 1)) if op == "Gemm" else 0
+        inits["w"] = weight(*((m, kb) if trans_b else (kb, m)))
+        inputs.append("w")
+        if op == "Gemm":
+            attrs.update(transB=trans_b, alpha=draw(st.sampled_from([1.0, 0.5])))
+            if draw(st.booleans()):
+                inits["b"] = weight(pick(m, m + 1, 3 * m + 1) or m)
+                inputs.append("b")
+    elif op in ("Reshape", "Expand", "Tile", "Pad"):
+        rank = len(x_shape)
+        total = int(np.prod(x_shape))
+        if op == "Reshape":
+            valid = draw(st.sampled_from([[batch, -1], [0, -1], [-1], [total], [0, 0, -1], x_shape[::-1]]))
+            target = pick(valid, [7, 7], [BIG, BIG], [-1, -1], [-2, 4], [0] * 6, [total + 1], [0, BIG, -1])
+        elif op == "Expand":
+            valid = [d if draw(st.booleans()) else 1 for d in x_shape]
+            if draw(st.booleans()):
+                valid = [2] + valid
+            target = pick(valid, [BIG] * rank, [3] * rank, [-1] * rank, [BIG, *x_shape])
+        elif op == "Tile":
+            target = pick([draw(st.integers(1, 2)) for _ in range(rank)], [BIG] * rank, [-1] * rank, [1] * (rank - 1),
+                          [1, 1, BIG, BIG][:rank])
+        else:
+            valid = [draw(st.integers(0, 2)) for _ in range(2 * rank)]
+            valid[-1] = -1 if x_shape[-1] > 1 and draw(st.booleans()) else valid[-1]
+            target = pick(valid, [BIG] * (2 * rank), [1] * 3, [-100] * (2 * rank), [0, 0, BIG, BIG, 0, 0, BIG, BIG][:2 * rank])
+            attrs["mode"] = draw(st.sampled_from(["constant", "constant", "reflect", "edge"]))
+        target = [1] * rank if target is None else target
+        inits["t"] = np.array(target, dtype=np.int64)
+        inputs.append("t")
+        out_rank = len(target) if op == "Reshape" else max(rank, len(target)) if op == "Expand" else rank
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    node = helper.make_node(op, inputs, ["y"], name=f"fuzz_{op.lower()}", **attrs)
+    return op, node, inits, x_shape, out_rank
+
+
+class _AddressSpaceCap:
+    """Cap this process's address space at its current size plus ``extra`` bytes for a block, so that an
+    allocation beyond the budget fails (MemoryError) instead of taking the machine down."""
+
+    def __init__(self, extra: int):
+        self.extra = extra
+
+    def __enter__(self):
+        import resource
+
+        self.old = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm") as f:
+            current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        cap = current + self.extra
+        if self.old[1] != resource.RLIM_INFINITY:
+            cap = min(cap, self.old[1])
+        resource.setrlimit(resource.RLIMIT_AS, (cap, self.old[1]))
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, self.old)
+
+
+def _bounded_output(model: onnx.ModelProto, limit: int = 1 << 20) -> bool:
+    """Whether onnx shape inference bounds the output (so onnxruntime may run it without allocating much)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception:
+        return True  # onnxruntime refuses what strict inference refuses, before allocating
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return None not in values and int(np.prod(values, dtype=object)) <= limit
+
+
+@settings(max_examples=int(os.environ.get("ZOO_FUZZ_EXAMPLES", 300)), deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(layer_graphs())
+def test_fuzzed_layer_attributes_convert_faithfully_or_refuse(tmp_path_factory, spec):
+    import time
+
+    import onnxruntime as ort
+
+    op, node, inits, x_shape, out_rank = spec
+    tmp = tmp_path_factory.mktemp("layer")
+    model = make_model([node], [tensor("x", x_shape)], [tensor("y", [f"d{i}" for i in range(out_rank)])], inits,
+                       opset=17)
+    path = tmp / "layer.onnx"
+    onnx.save(model, str(path))
+    start = time.monotonic()
+    try:
+        with _AddressSpaceCap(1 << 30):  # conversion may allocate no more than the memory budget
+            module = load(path)
+    except ConversionError as exc:
+        message = str(exc)
+        assert "cannot convert (" not in message and "handler failed" not in message, message
+        assert str(path) in message, message
+        LAYER_OUTCOMES["refused"] = LAYER_OUTCOMES.get("refused", 0) + 1
+        module = None
+    assert time.monotonic() - start < 10, f"{op}: conversion took {time.monotonic() - start:.1f} s"
+    if module is None:
+        return
+    x = np.random.default_rng(0).normal(size=x_shape).astype(np.float32)
+    if not _bounded_output(model):
+        raise AssertionError(f"{op} {node.attribute}: converted a node whose output is unbounded")
+    try:
+        with _AddressSpaceCap(2 << 30):
+            expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, {"x": x})[0]
+    except Exception as exc:
+        # The converter generalizes the batch, so a graph may be valid at other batch sizes than the traced
+        # one; then the module must refuse this input at run time just as onnxruntime does.
+        with torch.no_grad(), _AddressSpaceCap(2 << 30), pytest.raises(Exception):
+            module(torch.from_numpy(x))
+        LAYER_OUTCOMES["refused at run time"] = LAYER_OUTCOMES.get("refused at run time", 0) + 1
+        return
+    with torch.no_grad(), _AddressSpaceCap(2 << 30):
+        got = module(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape, (op, got.shape, expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    LAYER_OUTCOMES["matched"] = LAYER_OUTCOMES.get("matched", 0) + 1
+
+
+def test_layer_fuzzing_reached_both_outcomes():
+    assert LAYER_OUTCOMES.get("matched", 0) >= 40 and LAYER_OUTCOMES.get("refused", 0) >= 40, LAYER_OUTCOMES

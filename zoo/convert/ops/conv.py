@@ -1,18 +1,15 @@
 """Conv and ConvTranspose as nn.Conv{1,2,3}d / nn.ConvTranspose{1,2,3}d."""
 from __future__ import annotations
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import auto_pads, one_or_all, torch_pad
 
 
-def _geometry(ctx, weight_shape):
-    n = len(weight_shape) - 2
-    if n not in (1, 2, 3):
-        raise Unsupported(f"{n}-d convolution")
-    kernel = list(ctx.attr("kernel_shape") or weight_shape[2:])
-    strides = list(ctx.attr("strides") or [1] * n)
-    dilations = list(ctx.attr("dilations") or [1] * n)
+def _geometry(ctx, weight_shape, transpose=False):
+    """Kernel, strides and dilations, checked against the weight and the input before any layer is built."""
+    n, kernel, strides, dilations, _ = checks.conv_attrs(ctx, weight_shape, transpose=transpose)
     return n, kernel, strides, dilations
 
 
@@ -24,6 +21,7 @@ def conv(ctx):
         return _functional_conv(ctx)
     n, kernel, strides, dilations = _geometry(ctx, weight.shape)
     begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    checks.conv_output(ctx, weight.shape, kernel, strides, dilations, begins, ends)
     groups = int(ctx.attr("group", 1))
     args = [str(weight.shape[1] * groups), str(weight.shape[0]), f"kernel_size={ctx.lit(one_or_all(kernel))}"]
     if any(s != 1 for s in strides):
@@ -50,6 +48,8 @@ def conv(ctx):
 def _functional_conv(ctx):
     n, kernel, strides, dilations = _geometry(ctx, ctx.shape(1) or ())
     begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    if checks.known(ctx.shape(1)) is not None:
+        checks.conv_output(ctx, ctx.shape(1), kernel, strides, dilations, begins, ends)
     x = ctx.x(0)
     if begins != ends:
         x, begins = f"F.pad({x}, {ctx.lit(torch_pad(begins, ends))})", [0] * n
@@ -66,7 +66,7 @@ def conv_transpose(ctx):
     bias = ctx.const(2) if ctx.has_input(2) else None
     if ctx.has_input(2) and bias is None:
         raise Unsupported("a non-constant bias")
-    n, kernel, strides, dilations = _geometry(ctx, weight.shape)
+    n, kernel, strides, dilations = _geometry(ctx, weight.shape, transpose=True)
     groups = int(ctx.attr("group", 1))
     if ctx.attr("output_shape") is not None:
         raise Unsupported("the output_shape attribute")
@@ -75,6 +75,7 @@ def conv_transpose(ctx):
     pads = list(ctx.attr("pads") or [0] * (2 * n)) if ctx.attr("auto_pad", "NOTSET") != "VALID" else [0] * (2 * n)
     begins, ends = pads[:n], pads[n:]
     out_pad = list(ctx.attr("output_padding") or [0] * n)
+    checks.conv_output(ctx, weight.shape, kernel, strides, dilations, begins, ends, transpose=True, out_pad=out_pad)
     # PyTorch takes symmetric padding; extra end padding is cropped from the output instead.
     common = [min(b, e) for b, e in zip(begins, ends)]
     args = [str(weight.shape[0]), str(weight.shape[1] * groups), f"kernel_size={ctx.lit(one_or_all(kernel))}"]
@@ -107,7 +108,7 @@ def _functional_conv_transpose(ctx):
     shape = ctx.shape(1)
     if shape is None or ctx.attr("output_shape") is not None or ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
         raise Unsupported("a non-constant weight with output_shape, auto_pad or unknown rank")
-    n = len(shape) - 2
+    n, kernel, strides, dilations = _geometry(ctx, shape, transpose=True)
     pads = list(ctx.attr("pads") or [0] * (2 * n))
     if pads[:n] != pads[n:]:
         raise Unsupported("a non-constant weight with asymmetric pads")

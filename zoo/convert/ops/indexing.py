@@ -1,8 +1,11 @@
 """Index and generate: Constant, Range, Trilu, EyeLike, OneHot, NonZero, Compress, GatherND, Scatter*."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import axis as norm_axis
@@ -18,6 +21,12 @@ def constant(ctx):
 @register_op("Range", since=11)
 def range_(ctx):
     dtype = ctx.torch_dtype(ctx.dtype(0))
+    bounds = [ctx.const(i) for i in range(3)]
+    if all(c is not None and c.size == 1 for c in bounds):
+        start, limit, delta = (float(c.reshape(-1)[0]) for c in bounds)
+        if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+            raise checks.Contradiction(f"Range({start}, {limit}, {delta}) needs a finite, non-zero delta")
+        checks.output_fits([max(0, math.ceil((limit - start) / delta))], "Range", np.dtype(ctx.dtype(0)).itemsize)
     start, limit, delta = (ctx.operand(i) for i in range(3))
     start, limit, delta = (v if not v.startswith("self.") and "\x00" not in v else f"{v}.item()" for v in (start, limit, delta))
     return f"torch.arange({start}, {limit}, {delta}, dtype={dtype})"

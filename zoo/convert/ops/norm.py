@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 
@@ -13,6 +14,29 @@ def _eps(ctx, default=1e-5):
     return ctx.lit(np.float32(ctx.attr("epsilon", default)))
 
 
+def _check_channel_vectors(ctx, names) -> None:
+    """Per-channel parameters (inputs 1, 2, ...) are vectors as long as the input has channels."""
+    x = ctx.shape(0)
+    if x is not None and len(x) < 2:
+        raise checks.Contradiction(f"the input has shape {tuple(x)}; {ctx.op_type} needs a channel dimension")
+    channels = x[1] if x is not None and checks.is_int(x[1]) else None
+    lengths = {}
+    for i, name in enumerate(names, start=1):
+        shape = ctx.shape(i) if ctx.has_input(i) else None
+        if shape is None:
+            continue
+        if len(shape) != 1:
+            raise checks.Contradiction(f"input {i} ({name}) has shape {tuple(shape)}; it must be a vector of "
+                                       f"{channels if channels is not None else 'channel'} entries")
+        lengths[name] = shape[0]
+    expected = channels if channels is not None else next((n for n in lengths.values() if checks.is_int(n)), None)
+    source = "the input's channel count" if channels is not None else f"input 1 ({names[0]})"
+    for i, name in enumerate(names, start=1):
+        if name in lengths:
+            checks.same_dim(lengths[name], expected, f"input {i} ({name}) has {lengths[name]} entries, but {source} "
+                                                     f"implies {expected}")
+
+
 @register_op("BatchNormalization", since=1)
 def batch_norm(ctx):
     if any(ctx.output_used(i) for i in range(1, 5)) or ctx.attr("training_mode", 0):
@@ -20,6 +44,7 @@ def batch_norm(ctx):
     if ctx.opset < 7 and not ctx.attr("spatial", 1):
         raise Unsupported("spatial=0")
     rank = ctx.rank(0)
+    _check_channel_vectors(ctx, ("scale", "bias", "mean", "var"))
     consts = [ctx.const(i) for i in range(1, 5)]
     if rank in _RANK_TO_DIMS and all(c is not None and c.ndim == 1 for c in consts):
         scale, bias, mean, var = consts
@@ -53,6 +78,7 @@ def lrn(ctx):
 @register_op("InstanceNormalization", since=1)
 def instance_norm(ctx):
     rank = ctx.rank(0)
+    _check_channel_vectors(ctx, ("scale", "bias"))
     scale, bias = ctx.const(1), ctx.const(2)
     if rank in (3, 4, 5) and scale is not None and bias is not None:
         layer = ctx.layer(f"nn.InstanceNorm{rank - 2}d({scale.shape[0]}, eps={_eps(ctx)}, affine=True)",

@@ -6,6 +6,7 @@ exact whenever the difference is a multiple of the stride; otherwise the input i
 """
 from __future__ import annotations
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import auto_pads, one_or_all, torch_pad
@@ -18,10 +19,9 @@ def _pool(ctx, kind: str):
     n = rank - 2
     if n not in (1, 2, 3):
         raise Unsupported(f"{n}-d pooling")
-    kernel = list(ctx.attr("kernel_shape"))
-    strides = list(ctx.attr("strides") or [1] * n)
-    dilations = list(ctx.attr("dilations") or [1] * n)
+    kernel, strides, dilations = checks.pool_attrs(ctx, n)
     begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    checks.pool_window(ctx, kernel, strides, dilations, begins, ends)
     ceil = bool(ctx.attr("ceil_mode", 0))
     include_pad = bool(ctx.attr("count_include_pad", 0))
     if kind == "avg" and any(d != 1 for d in dilations):
@@ -60,12 +60,32 @@ def _pool(ctx, kind: str):
     padding = ctx.lit(torch_pad(begins, ends))
     fn = f"F.{'max' if kind == 'max' else 'avg'}_pool{n}d"
     args = ", ".join(arguments([0] * n))
+    crop = _ceil_crop(ctx, kernel, strides, dilations, begins, ends) if ceil else ""
     if kind == "max":
-        return f"{fn}(F.pad({x}, {padding}, value=float('-inf')), {args})"
+        return f"{fn}(F.pad({x}, {padding}, value=float('-inf')), {args}){crop}"
     pooled = f"{fn}(F.pad({x}, {padding}), {args})"
     if include_pad:
-        return pooled
-    return f"{pooled} / {fn}(F.pad(torch.ones_like({x}[:1, :1]), {padding}), {args})"
+        return pooled + crop
+    expr = f"{pooled} / {fn}(F.pad(torch.ones_like({x}[:1, :1]), {padding}), {args})"
+    return f"({expr}){crop}" if crop else expr
+
+
+def _ceil_crop(ctx, kernel, strides, dilations, begins, ends) -> str:
+    """In ceil mode ONNX drops a window that starts in the end padding; pooling an explicitly padded input
+    keeps it. The index that drops it again, where the spatial size is known."""
+    shape = ctx.shape(0)
+    index, cropped = [":", ":"], False
+    for size, k, s, d, b, e in zip((shape or [None] * (len(kernel) + 2))[2:], kernel, strides, dilations, begins, ends):
+        if not isinstance(size, int):
+            index.append(":")
+            continue
+        padded, extent = size + b + e, (k - 1) * d + 1
+        out = -(-(padded - extent) // s) + 1
+        kept = out - 1 if (out - 1) * s >= padded else out
+        onnx_out = out - 1 if (out - 1) * s >= size + b else out
+        index.append(f":{onnx_out}" if onnx_out < kept else ":")
+        cropped = cropped or onnx_out < kept
+    return f"[{', '.join(index)}]" if cropped else ""
 
 
 @register_op("MaxPool", since=1)
@@ -101,10 +121,9 @@ def lp_pool(ctx):
     n = ctx.rank(0) - 2
     if n not in (1, 2):
         raise Unsupported(f"{n}-d LpPool")
-    kernel = list(ctx.attr("kernel_shape"))
-    strides = list(ctx.attr("strides") or [1] * n)
-    dilations = list(ctx.attr("dilations") or [1] * n)
+    kernel, strides, dilations = checks.pool_attrs(ctx, n)
     begins, ends = auto_pads(ctx, kernel, strides, dilations)
+    checks.pool_window(ctx, kernel, strides, dilations, begins, ends)
     if any(d != 1 for d in dilations) or ctx.attr("ceil_mode", 0):
         raise Unsupported("dilated or ceil-mode LpPool")
     p = ctx.attr("p", 2)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 
@@ -78,6 +79,7 @@ def resize(ctx):
             raise Unsupported("scales for some axes only")
     if sizes is not None:
         sizes = [int(s) for s in sizes.reshape(-1)]
+    checks.resize_amounts(ctx, scales, sizes, rank)
     transform = ctx.attr("coordinate_transformation_mode", "half_pixel") if ctx.opset >= 11 else "asymmetric"
     if ctx.opset >= 18 and ctx.attr("antialias", 0):
         return _antialiased(ctx, scales, sizes, ctx.attr("mode", "nearest"), transform,
@@ -104,6 +106,7 @@ def _runtime_resize(ctx):
 @register_op("Upsample", since=7)
 def upsample(ctx):
     scales = ctx.attr("scales") if ctx.opset < 9 else ctx.require_const(1, "scales")
+    checks.resize_amounts(ctx, [float(s) for s in np.asarray(scales).reshape(-1)], None, ctx.rank(0))
     return _interpolate(ctx, [float(s) for s in np.asarray(scales).reshape(-1)], None, ctx.attr("mode", "nearest"),
                         "asymmetric", "floor", -0.75, 0)
 

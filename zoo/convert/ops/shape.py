@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
 from ._util import axis as norm_axis
@@ -37,6 +38,7 @@ def reshape(ctx):
         return f"{ctx.helper('reshape', RESHAPE)}({x}, {ctx.x(1)})"
     target = _ints(target)
     allow_zero = ctx.opset >= 14 and ctx.attr("allowzero", 0)
+    checks.reshape_target(ctx, target, bool(allow_zero))
     if not allow_zero and 0 in target:
         dims = [f"{x}.shape[{i}]" if d == 0 else ctx.lit(d) for i, d in enumerate(target)]
         return f"{x}.reshape({', '.join(dims)})" if dims else f"{x}.reshape(())"
@@ -243,12 +245,16 @@ def _runtime_slice(ctx, rank):
 
 @register_op("Expand", since=8)
 def expand(ctx):
+    if ctx.const(1) is not None:
+        checks.expand_target(ctx, _ints(ctx.const(1)))
     x = ctx.x(0)
     return f"{x}.expand(torch.broadcast_shapes({x}.shape, {ctx.int_list(1)}))"
 
 
 @register_op("Tile", since=6)
 def tile(ctx):
+    if ctx.const(1) is not None:
+        checks.tile_repeats(ctx, _ints(ctx.const(1)))
     return f"{ctx.x(0)}.repeat({ctx.int_list(1)})"
 
 
@@ -290,6 +296,11 @@ def constant_of_shape(ctx):
     value = ctx.attr("value")
     fill = np.zeros(1, dtype=np.float32) if value is None else np.asarray(value)
     dtype = ctx.torch_dtype(fill.dtype)
+    if ctx.const(0) is not None:
+        dims = _ints(ctx.const(0))
+        if any(d < 0 for d in dims):
+            raise checks.Contradiction(f"the shape input {dims} holds a negative dimension")
+        checks.output_fits(dims, "ConstantOfShape", fill.dtype.itemsize)
     return f"torch.full({ctx.x(0)}.tolist(), {ctx.lit(fill.reshape(-1)[0])}, dtype={dtype})"
 
 
@@ -340,6 +351,7 @@ def pad(ctx):
     mode = _PAD_MODES.get(ctx.attr("mode", "constant"))
     if mode is None:
         raise Unsupported(f"mode {ctx.attr('mode')!r}")
+    checks.pad_amounts(ctx, [int(p) for p in pads], axes, rank, ctx.attr("mode", "constant"))
     n = len(axes)
     begin = dict(zip(axes, pads[:n]))
     end = dict(zip(axes, pads[n:]))
@@ -349,6 +361,12 @@ def pad(ctx):
     while len(order) > 2 and order[-1] == 0 and order[-2] == 0:
         order = order[:-2]
     if mode != "constant":
+        if not any(order):
+            return ctx.x(0)
+        # PyTorch pads the last 1-3 dimensions of a batched (or unbatched) tensor in these modes
+        order += [0] * max(0, 2 * (rank - 2) - len(order))
+        if rank < 2 or len(order) > 2 * min(rank - 1, 3):
+            raise Unsupported(f"mode {ctx.attr('mode')!r} padding the first dimensions of a rank-{rank} tensor")
         return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, mode={mode!r})"
     return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, value={ctx.lit(value)})" if value else \
         f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))})"
