@@ -409,3 +409,89 @@ def test_fuzzed_layer_attributes_convert_faithfully_or_refuse(tmp_path_factory, 
 
 def test_layer_fuzzing_reached_both_outcomes():
     assert LAYER_OUTCOMES.get("matched", 0) >= 40 and LAYER_OUTCOMES.get("refused", 0) >= 40, LAYER_OUTCOMES
+
+
+# --- kill -9 during a build ---------------------------------------------------------------------------
+
+KILLED_BUILD = """
+import sys
+from pathlib import Path
+from zoo.build import Options, build
+print("ready", flush=True)
+build(Options(out=Path(sys.argv[1]), offline=True, models_dir=Path(sys.argv[2]), registry=Path(sys.argv[3]),
+              names=[sys.argv[4]]))
+"""
+
+
+def _installed_state(out: Path, models: Path, name: str, old_source: bytes) -> str:
+    """'old' or 'new' when the source and the output folder belong together and every file reads whole."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    source = (models / f"{name}.py").read_bytes()
+    ast.parse(source)
+    stamp = json.loads((out / name / "build.json").read_text())
+    assert stamp["source_py_sha256"] == hashlib.sha256(source).hexdigest(), "a source beside another build's folder"
+    weights = out / name / "model.safetensors"
+    assert stamp["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest(), "half-written weights"
+    with safe_open(str(weights), "pt") as f:
+        assert len(list(f.keys())) > 10
+    json.loads((out / name / "config.json").read_text())
+    return "old" if source == old_source else "new"
+
+
+def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
+    """SIGKILL (no exception, no finally) a build in a child process at growing delays: after recovery the
+    model's source and output folder are the old pair or the new pair, whole; the next run completes."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from zoo.build import Options, build, recover
+    from zoo.registry import DEFAULT_REGISTRY
+
+    name = "squeezenet1_1"
+    out, models = tmp_path / "out", tmp_path / "models"
+    build(Options(out=out, offline=True, models_dir=models, names=[name]))  # the old state
+    old_source = (models / f"{name}.py").read_bytes()
+    shutil.copytree(out, tmp_path / "old-out")
+    shutil.copytree(models, tmp_path / "old-models")
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["models"][name]["source"]["file"] = "squeezenet-renamed.onnx"  # changes the generated header
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data))
+    root = Path(__file__).resolve().parents[1]
+    outcomes, delay, kills = [], 0.02, 0
+    while True:
+        child = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name],
+                                 cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert child.stdout.readline().strip() == b"ready"
+        try:
+            finished = child.wait(timeout=delay) == 0
+        except subprocess.TimeoutExpired:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            finished, kills = False, kills + 1
+        child.stdout.close()
+        recover(out)
+        state = _installed_state(out, models, name, old_source)
+        assert not [p for p in out.iterdir() if p.name.startswith(".")], sorted(p.name for p in out.iterdir())
+        outcomes.append(state)
+        if finished or delay > 120:
+            break
+        if state == "new":  # back to the old pair, so that later kills interrupt a real install again
+            shutil.rmtree(out)
+            shutil.rmtree(models)
+            shutil.copytree(tmp_path / "old-out", out)
+            shutil.copytree(tmp_path / "old-models", models)
+        delay *= 1.8
+    assert finished and kills >= 5 and outcomes[-1] == "new" and "old" in outcomes, (kills, outcomes)
+    again = build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
+    assert again[0].status == "skipped"  # the killed runs left nothing that makes the finished one look stale
+    assert b"squeezenet-renamed.onnx" in (models / f"{name}.py").read_bytes()
+    assert sorted(p.name for p in models.iterdir()) == ["__init__.py", f"{name}.py"]  # no staged or temporary file
