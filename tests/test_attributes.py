@@ -199,3 +199,24 @@ def test_budget_bounds_layer_outputs(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_CONVERT_MEMORY_BUDGET", "100K")
     with pytest.raises(ConversionError, match=r"Pad node 'hostile'.*\('batch', 3, 208, 208\).*memory budget of 100.0 KiB"):
         load(path)
+
+
+def test_a_layer_pytorch_refuses_is_a_conversion_error(tmp_path):
+    """The safety net behind the checks: a constructor PyTorch refuses (here from a handler registered for a
+    test op) ends as a ConversionError naming the file, not as a bare ValueError."""
+    import onnx
+
+    from zoo.convert import register_op
+
+    @register_op("BadLayerForTest", domain="zoo.test", since=1)
+    def bad_layer(ctx):
+        return f"{ctx.layer('nn.Conv2d(3, 3, kernel_size=1, groups=0)', hint='bad')}({ctx.x(0)})"
+
+    graph = helper.make_graph([helper.make_node("BadLayerForTest", ["x"], ["y"], domain="zoo.test")], "g",
+                              X, Y4)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("zoo.test", 1)])
+    model.ir_version = min(model.ir_version, 10)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ConversionError, match=r"bad\.onnx: the generated module cannot be built \(ValueError"):
+        load(path)

@@ -207,8 +207,12 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     with tempfile.TemporaryDirectory(dir=out, prefix=".zoo-") as staging:
         staged = Path(staging) / f"{name}.py"
         staged.write_text(compiled.source, encoding="utf-8")
-        with torch.device("meta"):  # only shapes and dtypes are read: skip allocating and initializing weights
-            model = _import_source(staged, compiled.cls)()
+        try:
+            with torch.device("meta"):  # only shapes and dtypes are read: skip allocating and initializing weights
+                model = _import_source(staged, compiled.cls)()
+        except Exception as exc:  # a layer PyTorch refuses that no check caught: still the one error type
+            raise ConversionError(f"{path}: the generated module cannot be built ({type(exc).__name__}: {exc}); "
+                                  "please report this") from exc
         state = _state_dict(model, compiled.tensors, str(path))
         write_atomically(weights_path, lambda tmp: save_file(state, str(tmp), metadata={
             "format": "pt", "source_sha256": compiled.graph.source.sha256}))
