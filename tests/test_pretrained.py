@@ -43,6 +43,15 @@ def write_registry(folder: Path, standins: dict[str, Path], urls, edit=lambda na
     return folder / "registry.yaml"
 
 
+def use_registry(monkeypatch, registry: Path, tmp_path: Path) -> dict[str, str]:
+    """This registry, an empty cache and no pinned Hub revisions, for the rest of the test."""
+    env = {"ZOO_REGISTRY": str(registry), "ZOO_CACHE": str(tmp_path / "cache"), "ZOO_PINS": str(tmp_path / "none.json")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ZOO_ONNX_MIRROR", raising=False)
+    return env
+
+
 @pytest.fixture(scope="module")
 def server(standins):
     files = {f"/{e.source.file}": standins[STANDIN_OF[e.name]].read_bytes()
@@ -55,10 +64,7 @@ def server(standins):
 def zoo_env(server, standins, tmp_path, monkeypatch):
     """ZOO_REGISTRY pointing at the loopback server, an empty ZOO_CACHE and no pinned Hub revisions."""
     registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"])
-    env = {"ZOO_REGISTRY": str(registry), "ZOO_CACHE": str(tmp_path / "cache"), "ZOO_PINS": str(tmp_path / "none.json")}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("ZOO_ONNX_MIRROR", raising=False)
+    env = use_registry(monkeypatch, registry, tmp_path)
     server.requests.clear()
     return {**env, "registry": registry, "root": tmp_path}
 
@@ -119,9 +125,7 @@ def test_altered_cache_is_detected_and_rebuilt(zoo_env, caplog):
 def test_wrong_hash_names_url_expected_and_actual(server, standins, tmp_path, monkeypatch):
     registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"],
                               edit=lambda name, source: source.update(sha256="0" * 64))
-    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    use_registry(monkeypatch, registry, tmp_path)
     with pytest.raises(WeightsError) as err:
         zoo.squeezenet1_1(pretrained=True)
     text = str(err.value)
@@ -133,9 +137,7 @@ def test_wrong_hash_names_url_expected_and_actual(server, standins, tmp_path, mo
 def test_truncated_file_server_down_and_a_good_mirror(server, standins, tmp_path, monkeypatch):
     dead = "http://127.0.0.1:9"
     registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{dead}/{f}", f"{server.url}/missing/{f}"])
-    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    use_registry(monkeypatch, registry, tmp_path)
     with pytest.raises(WeightsError, match=r"(?s)127.0.0.1:9/squeezenet1.0-9.onnx: .*missing/squeezenet1.0-9.onnx: "
                                            r".*404"):
         zoo.squeezenet1_1(pretrained=True)
@@ -176,9 +178,7 @@ def test_committed_source_and_upstream_graph_disagree(server, standins, tmp_path
     source = tmp_path / "zoo" / "models" / "squeezenet1_1.py"
     source.write_text(source.read_text().replace("nn.Conv2d(512, 1000, kernel_size=1)",
                                                  "nn.Conv2d(512, 1000, kernel_size=3)"))
-    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
-    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("ZOO_PINS", str(tmp_path / "none.json"))
+    use_registry(monkeypatch, registry, tmp_path)
     with pytest.raises(WeightsError, match=r"squeezenet1_1: the committed source and the upstream graph "
                                            r"squeezenet1.0-9.onnx disagree, first at '.*conv10.weight'"):
         zoo.squeezenet1_1(pretrained=True)
