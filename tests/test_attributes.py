@@ -103,6 +103,19 @@ CASES = [
      {"sc": np.array([1, 1, -2, 2], np.float32)}, ["scales [1.0, 1.0, -2.0, 2.0]", "positive"]),
     ("resize huge sizes", [node("Resize", ["x", "", "", "sz"], mode="nearest")], X, Y4,
      {"sz": np.array([1, 3, 10**6, 10**6], np.int64)}, ["memory budget"]),
+    ("slice axis out of range", [node("Slice", ["x", "s", "e", "a"])], X, Y4,
+     {"s": np.array([0], np.int64), "e": np.array([1], np.int64), "a": np.array([6], np.int64)},
+     ["axes [6]", "outside [-4, 4)"]),
+    ("slice zero step", [node("Slice", ["x", "s", "e", "a", "st"])], X, Y4,
+     {"s": np.array([0], np.int64), "e": np.array([1], np.int64), "a": np.array([2], np.int64),
+      "st": np.array([0], np.int64)}, ["steps [0]"]),
+    ("resize to empty", [node("Resize", ["x", "", "sc"], mode="nearest", nearest_mode="floor",
+                              coordinate_transformation_mode="asymmetric")], [tensor("x", [1, 3, 1, 1])], Y4,
+     {"sc": np.array([1, 1, 0.5, 0.5], np.float32)}, ["empty output"]),
+    ("conv weight dtype", [node("Conv", ["x", "w"])], X, Y4, {"w": W.astype(np.float64)},
+     ["input 0 float32, input 1 float64"]),
+    ("gemm weight dtype", [node("Gemm", ["x", "w"])], [tensor("x", [2, 5])], Y2, {"w": np.ones((5, 3), np.float16)},
+     ["input 1 float16"]),
     ("range huge", [helper.make_node("Range", ["a", "l", "d"], ["r"], name="hostile"),
                     helper.make_node("Add", ["x", "r"], ["y"])], X, Y4,
      {"a": np.array(0, np.float32), "l": np.array(1e10, np.float32), "d": np.array(1, np.float32)},
@@ -219,4 +232,12 @@ def test_a_layer_pytorch_refuses_is_a_conversion_error(tmp_path):
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
     with pytest.raises(ConversionError, match=r"bad\.onnx: the generated module cannot be built \(ValueError"):
+        load(path)
+
+
+def test_pad_axes_out_of_range_are_refused(tmp_path):
+    path = tmp_path / "pad_axes.onnx"
+    make_model([node("Pad", ["x", "p", "", "a"])], X, Y4, {"p": np.array([1, 1], np.int64),
+                                                          "a": np.array([9], np.int64)}, opset=18, path=path)
+    with pytest.raises(ConversionError, match=r"Pad node 'hostile'.*axes \[9\] hold 9, outside \[-4, 4\)"):
         load(path)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.convert import ConversionError, convert, load, verify
+from zoo.convert.checks import memory_budget
 
 from .helpers import make_model, small_convnet, tensor
 
@@ -229,7 +230,8 @@ def test_mutated_model_bytes_never_escape_as_other_errors(tmp_path_factory, data
 # "cannot convert" / "handler failed"); never another exception, never 10 s, never past the memory budget.
 
 BIG = 10**9
-LAYER_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool", "Gemm", "MatMul", "Reshape", "Expand", "Tile", "Pad"]
+LAYER_OPS = ["Conv", "ConvTranspose", "MaxPool", "AveragePool", "Gemm", "MatMul", "Reshape", "Expand", "Tile", "Pad",
+             "Resize", "Slice", "Gather"]
 LAYER_OUTCOMES: dict[str, int] = {}
 
 
@@ -318,6 +320,42 @@ def layer_graphs(draw):
         inits["t"] = np.array(target, dtype=np.int64)
         inputs.append("t")
         out_rank = len(target) if op == "Reshape" else max(rank, len(target)) if op == "Expand" else rank
+    elif op == "Resize":
+        rank = len(x_shape)
+        valid = [1.0, 1.0] + [draw(st.sampled_from([0.5, 1.0, 2.0, 3.0])) for _ in range(n)]
+        scales = pick(valid, [1.0, 1.0] + [1e6] * n, [1.0, 1.0] + [-2.0] * n, [1.0, 1.0] + [0.0] * n,
+                      [1.0, 1.0] + [float("nan")] * n, [2.0] * n)
+        inits["s"] = np.array(valid if scales is None else scales, dtype=np.float32)
+        inputs += ["", "s"]
+        attrs.update(mode=draw(st.sampled_from(["nearest", "linear"])),
+                     coordinate_transformation_mode=draw(st.sampled_from(["asymmetric", "half_pixel"])),
+                     nearest_mode="floor")
+    elif op == "Slice":
+        rank = len(x_shape)
+        axis = draw(st.integers(-rank, rank - 1))
+        starts = pick([draw(st.integers(-3, 3))], [BIG], [-BIG])
+        ends = pick([draw(st.integers(-3, 8))], [BIG], [-BIG])  # (ends=INT64_MAX with a negative step: onnxruntime
+        # returns one element where the ONNX reference returns none)
+        steps = pick([draw(st.sampled_from([1, 2, -1, -2]))], [0], [BIG], [-BIG])
+        axes = pick([axis], [rank + 3], [axis, axis])
+        for key, value in (("starts", starts or [0]), ("ends", ends or [BIG]), ("axes", axes or [axis]),
+                           ("steps", steps or [1])):
+            inits[key] = np.array(value, dtype=np.int64)
+            inputs.append(key)
+    elif op == "Gather":
+        axis = pick(draw(st.integers(0, len(x_shape) - 1)), len(x_shape) + 2, -len(x_shape) - 3)
+        attrs["axis"] = axis
+        size = x_shape[axis] if isinstance(axis, int) and -len(x_shape) <= axis < len(x_shape) else 1
+        indices = pick([draw(st.integers(-size, size - 1)) for _ in range(draw(st.integers(1, 3)))], [size], [BIG],
+                       [-size - 1])
+        inits["i"] = np.array(indices or [0], dtype=np.int64)
+        inputs.append("i")
+    if "w" in inits and draw(st.integers(0, 9)) == 0:  # a mutated initializer: NaN/Inf values or another dtype
+        mutation = draw(st.sampled_from(["nan", "inf", "float64", "float16"]))
+        if mutation in ("nan", "inf"):
+            inits["w"].reshape(-1)[0] = float(mutation)
+        else:
+            inits["w"] = inits["w"].astype(mutation)
     attrs = {k: v for k, v in attrs.items() if v is not None}
     node = helper.make_node(op, inputs, ["y"], name=f"fuzz_{op.lower()}", **attrs)
     return op, node, inits, x_shape, out_rank
@@ -348,15 +386,15 @@ class _AddressSpaceCap:
         resource.setrlimit(resource.RLIMIT_AS, self.old)
 
 
-def _bounded_output(model: onnx.ModelProto, limit: int = 1 << 20) -> bool:
-    """Whether onnx shape inference bounds the output (so onnxruntime may run it without allocating much)."""
+def _output_elements(model: onnx.ModelProto) -> int | None:
+    """The output's element count by onnx shape inference (None: inference refuses the graph)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     except Exception:
-        return True  # onnxruntime refuses what strict inference refuses, before allocating
+        return None  # onnxruntime refuses what strict inference refuses, before allocating
     dims = inferred.graph.output[0].type.tensor_type.shape.dim
     values = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return None not in values and int(np.prod(values, dtype=object)) <= limit
+    return None if None in values else int(np.prod(values, dtype=object))
 
 
 @settings(max_examples=int(os.environ.get("ZOO_FUZZ_EXAMPLES", 300)), deadline=None, derandomize=True,
@@ -387,8 +425,11 @@ def test_fuzzed_layer_attributes_convert_faithfully_or_refuse(tmp_path_factory, 
     if module is None:
         return
     x = np.random.default_rng(0).normal(size=x_shape).astype(np.float32)
-    if not _bounded_output(model):
-        raise AssertionError(f"{op} {node.attribute}: converted a node whose output is unbounded")
+    elements = _output_elements(model)
+    if elements is not None and elements > 1 << 20:  # too big to run here; conversion must still be in budget
+        assert elements * 4 <= memory_budget(), f"{op}: converted a node whose output is {elements} elements"
+        LAYER_OUTCOMES["converted, too big to run"] = LAYER_OUTCOMES.get("converted, too big to run", 0) + 1
+        return
     try:
         with _AddressSpaceCap(2 << 30):
             expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
@@ -403,7 +444,9 @@ def test_fuzzed_layer_attributes_convert_faithfully_or_refuse(tmp_path_factory, 
     with torch.no_grad(), _AddressSpaceCap(2 << 30):
         got = module(torch.from_numpy(x)).numpy()
     assert got.shape == expected.shape, (op, got.shape, expected.shape)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    if all(np.isfinite(v).all() for v in inits.values() if v.dtype.kind == "f"):
+        # (with a NaN or Inf weight only the shape is compared: how NaN meets padding differs between kernels)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
     LAYER_OUTCOMES["matched"] = LAYER_OUTCOMES.get("matched", 0) + 1
 
 

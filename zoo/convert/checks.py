@@ -124,6 +124,7 @@ def conv_attrs(ctx, weight_shape: Sequence | None, *, transpose: bool = False):
     if n not in (1, 2, 3):
         raise Unsupported(f"{n}-d convolution")
     w = f"the weight's shape {weight_shape}"
+    same_dtype(ctx, (0, 1, 2), "X, W and B")
     kernel_w = list(weight_shape[2:])
     kernel = ints(ctx, "kernel_shape", length=n, minimum=1, implied=w)
     if kernel is None:
@@ -326,6 +327,8 @@ def resize_amounts(ctx, scales: list[float] | None, sizes: list[int] | None, ran
             raise Contradiction(f"the scales {scales} must be positive and finite")
         if x is not None:
             out = [math.floor(d * s) if is_int(d) else d for d, s in zip(x, scales)]
+            if any(is_int(d) and d < 1 for d in out):
+                raise Contradiction(f"the scales {scales} give the input {tuple(x)} an empty output {tuple(out)}")
             output_fits(out, ctx.op_type)
     if sizes is not None:
         if len(sizes) != rank:
@@ -333,3 +336,20 @@ def resize_amounts(ctx, scales: list[float] | None, sizes: list[int] | None, ran
         if any(s < 1 for s in sizes):
             raise Contradiction(f"the sizes {sizes} must be positive")
         output_fits(sizes, ctx.op_type)
+
+
+def axes_in_range(axes: Sequence[int], rank: int, what: str = "axes") -> None:
+    """Axes within [-rank, rank) and each named once."""
+    bad = [a for a in axes if not -rank <= a < rank]
+    if bad:
+        raise Contradiction(f"the {what} {list(axes)} hold {bad[0]}, outside [-{rank}, {rank}) for the input's rank {rank}")
+    if len({a % rank for a in axes}) != len(axes):
+        raise Contradiction(f"the {what} {list(axes)} name an axis twice")
+
+
+def same_dtype(ctx, inputs: Sequence[int], names: str) -> None:
+    """The inputs that share one type parameter in the op's schema (e.g. X, W and B of Conv) agree."""
+    seen = [(i, np.dtype(ctx.dtype(i))) for i in inputs if ctx.has_input(i) and ctx.dtype(i) is not None]
+    if len({d for _, d in seen}) > 1:
+        described = ", ".join(f"input {i} {d.name}" for i, d in seen)
+        raise Contradiction(f"{names} must share one element type, but have {described}")

@@ -9,6 +9,7 @@ from ..registry import register_op
 
 def _check_gemm(ctx, trans_a: int, trans_b: int) -> None:
     """Inner dimensions of A and B agree, and C broadcasts to the (M, N) result."""
+    checks.same_dtype(ctx, (0, 1, 2), "A, B and C")
     a, b = ctx.shape(0), ctx.shape(1)
     for i, shape in ((0, a), (1, b)):
         if shape is not None and len(shape) != 2:
@@ -27,6 +28,7 @@ def _check_gemm(ctx, trans_a: int, trans_b: int) -> None:
 
 
 def _check_matmul(ctx) -> None:
+    checks.same_dtype(ctx, (0, 1), "A and B")
     a, b = ctx.shape(0), ctx.shape(1)
     if a is None or b is None or not len(a) or not len(b):
         return

@@ -170,6 +170,12 @@ def slice_(ctx):
         ends = _ints(ctx.require_const(2, "ends"))
         axes = _ints(ctx.require_const(3, "axes")) if ctx.has_input(3) else None
         steps = _ints(ctx.require_const(4, "steps")) if ctx.has_input(4) else None
+    if axes is not None:
+        checks.axes_in_range(axes, rank)
+    if steps is not None and 0 in steps:
+        raise checks.Contradiction(f"the steps {list(steps)} hold a 0")
+    if len({len(starts), len(ends), len(axes if axes is not None else starts), len(steps or starts)}) != 1:
+        raise checks.Contradiction(f"starts {list(starts)}, ends {list(ends)}, axes and steps differ in length")
     axes = list(range(len(starts))) if axes is None else [a % rank for a in axes]
     steps = steps or [1] * len(starts)
     index = [":"] * rank
@@ -347,6 +353,8 @@ def pad(ctx):
         if ctx.has_input(2) and value_c is None:
             raise Unsupported("a non-constant pad value")
         value = value_c.reshape(-1)[0].item() if value_c is not None and value_c.size else 0
+        if ctx.has_input(3):
+            checks.axes_in_range(_ints(ctx.require_const(3, "axes")), rank)
         axes = [a % rank for a in _ints(ctx.require_const(3, "axes"))] if ctx.has_input(3) else list(range(rank))
     mode = _PAD_MODES.get(ctx.attr("mode", "constant"))
     if mode is None:
