@@ -60,7 +60,9 @@ def torch_scope_name(node_name: str, op_type: str, sep: str = "_") -> str:
     """'/layer1/layer1.0/conv1/Conv' (torch.onnx.export scopes) -> 'layer1_0_conv1' ('layer1.0.conv1' with
     ``sep='.'``: the module path)."""
     parts = [p for p in node_name.split("/") if p]
-    if parts and re.fullmatch(re.escape(op_type) + r"(_\d+)?", parts[-1]):
+    # The last part names the node's op, which may be another than the one declaring the layer ('MatMul'
+    # for a Linear fused from MatMul and Add).
+    if parts and re.fullmatch("(" + re.escape(op_type) + r"|[A-Z][A-Za-z]*)(_\d+)?", parts[-1]):
         parts = parts[:-1]
     kept: list[str] = []
     previous = ""
