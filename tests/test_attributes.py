@@ -241,3 +241,23 @@ def test_pad_axes_out_of_range_are_refused(tmp_path):
                                                           "a": np.array([9], np.int64)}, opset=18, path=path)
     with pytest.raises(ConversionError, match=r"Pad node 'hostile'.*axes \[9\] hold 9, outside \[-4, 4\)"):
         load(path)
+
+
+MORE = [
+    ("transpose perm", [node("Transpose", ["x"], perm=[0, 0, 1, 2])], X, Y4, {}, r"perm=\[0, 0, 1, 2\]"),
+    ("transpose perm length", [node("Transpose", ["x"], perm=[1, 0])], X, Y4, {}, r"perm=\[1, 0\] is not a permutation"),
+    ("flatten axis", [node("Flatten", ["x"], axis=7)], X, Y2, {}, "axis=7"),
+    ("concat axis", [node("Concat", ["x", "x"], axis=4)], X, Y4, {}, r"axis \[4\]"),
+    ("split sizes", [helper.make_node("Split", ["x", "s"], ["y", "z"], name="hostile", axis=1)], X,
+     [*Y4, tensor("z", ["a", "b", "c", "d"])], {"s": np.array([2, 2], np.int64)}, r"split sizes \[2, 2\]"),
+    ("lrn size", [node("LRN", ["x"], size=0)], X, Y4, {}, "size=0"),
+]
+
+
+@pytest.mark.parametrize("case", MORE, ids=[c[0] for c in MORE])
+def test_more_contradictions_are_refused(tmp_path, case):
+    _, nodes, inputs, outputs, inits, pattern = case
+    path = tmp_path / "hostile.onnx"
+    make_model(nodes, inputs, outputs, inits, path=path)
+    with pytest.raises(ConversionError, match=r"hostile\.onnx: \w+ node 'hostile'.*" + pattern):
+        load(path)

@@ -64,7 +64,7 @@ def batch_norm(ctx):
 
 @register_op("LRN", since=1)
 def lrn(ctx):
-    size = int(ctx.attr("size"))
+    size = checks.integer(ctx, "size", 1, minimum=1)
     args = [str(size)]
     for onnx_name, torch_name, default in (("alpha", "alpha", 1e-4), ("beta", "beta", 0.75), ("bias", "k", 1.0)):
         args.append(f"{torch_name}={ctx.lit(np.float32(ctx.attr(onnx_name, default)))}")

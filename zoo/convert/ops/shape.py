@@ -48,7 +48,9 @@ def reshape(ctx):
 @register_op("Flatten", since=1)
 def flatten(ctx):
     rank = ctx.rank(0)
-    ax = int(ctx.attr("axis", 1))
+    ax = checks.integer(ctx, "axis", 1)
+    if not -rank <= ax <= rank:
+        raise checks.Contradiction(f"attribute axis={ax} is outside [-{rank}, {rank}] for the input's rank {rank}")
     ax = ax + rank if ax < 0 else ax
     x = ctx.x(0)
     if ax == rank:
@@ -62,6 +64,9 @@ def flatten(ctx):
 
 @register_op("Concat", since=1)
 def concat(ctx):
+    rank = ctx.value(0).rank
+    if rank is not None:
+        checks.axes_in_range([checks.integer(ctx, "axis", 1)], rank, "axis")
     parts = ", ".join(ctx.x(i) for i in range(ctx.num_inputs) if ctx.has_input(i))
     return f"torch.cat([{parts}], dim={int(ctx.attr('axis', 1))})"
 
@@ -119,6 +124,10 @@ def transpose(ctx):
     perm = ctx.attr("perm")
     if perm is None:
         perm = list(reversed(range(ctx.rank(0))))
+    rank = ctx.value(0).rank
+    if sorted(int(p) for p in perm) != list(range(len(perm))) or (rank is not None and len(perm) != rank):
+        raise checks.Contradiction(f"attribute perm={[int(p) for p in perm]} is not a permutation of the input's "
+                                   f"{rank if rank is not None else len(perm)} axes")
     return f"{ctx.x(0)}.permute({', '.join(str(int(p)) for p in perm)})"
 
 
@@ -281,6 +290,10 @@ def split(ctx):
             raise Unsupported("an even split of a dimension of unknown size")
         chunk = -(-dim // n)
         sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    sizes = [int(v) for v in sizes]
+    dim = (ctx.shape(0) or [None] * (ax + 1))[ax]
+    if any(v < 0 for v in sizes) or len(sizes) != n or (isinstance(dim, int) and sum(sizes) != dim):
+        raise checks.Contradiction(f"the split sizes {sizes} do not divide axis {ax} of size {dim} into {n} outputs")
     return Multi(f"torch.split({ctx.x(0)}, {ctx.lit(list(int(s) for s in sizes))}, dim={ax})")
 
 
