@@ -67,7 +67,7 @@ def test_real_client_revision_pins_and_snapshot(hub):
 def test_fine_tuning_head_on_a_pretrained_backbone(hub):
     model = zoo.create_model("squeezenet1_1", pretrained=True, num_classes=7)
     reference = zoo.squeezenet1_1(pretrained=True)
-    assert torch.equal(model.fire9_expand3x3.weight, reference.fire9_expand3x3.weight)
+    assert torch.equal(model.fire9.expand3x3.weight, reference.fire9.expand3x3.weight)
     head = model.get_classifier()
     assert isinstance(head, torch.nn.Conv2d) and head.out_channels == 7 and head.kernel_size == (1, 1)
     assert model(torch.randn(2, 3, 224, 224)).shape == (2, 7)

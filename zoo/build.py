@@ -213,7 +213,7 @@ def convert_entry(entry: Entry, onnx_path: Path, work: Path) -> tuple[Path, Conv
         return prepared, convert(prepared, work / "converted", name=entry.name, classifier=entry.classifier,
                                  source_name=entry.source.file, source_sha256=entry.source.sha256,
                                  regenerate=f"python scripts/build.py {entry.name}",
-                                 global_pool=entry.global_pool)
+                                 global_pool=entry.global_pool, structure=True)
     except ConversionError as exc:
         raise BuildError(f"{entry.name}: {exc}") from None
 
@@ -242,8 +242,11 @@ def build_entry(entry: Entry, opts: Options) -> Result:
             raise BuildError(f"{entry.name}: {exc}") from None
         if not report.passed:
             raise BuildError(f"{entry.name}: verification failed\n{report}")
-        if not hasattr(module, entry.classifier):
-            raise BuildError(f"{entry.name}: classifier {entry.classifier!r} is not a layer of the generated module")
+        try:
+            module.get_submodule(entry.classifier)
+        except AttributeError:
+            raise BuildError(f"{entry.name}: classifier {entry.classifier!r} is not a layer of the generated "
+                             "module") from None
         verification = {"tolerance": report.tolerance, "passed": report.passed,
                         "rows": [{"batch_size": c.batch_size, "max_abs": c.max_abs, "relative": c.relative,
                                   "per_sample_reference": c.per_sample_reference} for c in report.comparisons]}

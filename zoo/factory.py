@@ -127,7 +127,8 @@ def add_models_dir(folder: Path) -> None:
 def _model_class(name: str, registry_file: str) -> type[ZooModel]:
     generated = _generated_class(name)
     cls = type(class_name_for(name), (ZooModel, generated),
-               {"__module__": "zoo.architectures", "__doc__": generated.__doc__, "zoo_name": name})
+               {"__module__": "zoo.architectures", "__doc__": generated.__doc__, "zoo_name": name,
+                "_zoo_source": sys.modules[generated.__module__]})
     cls.__qualname__ = cls.__name__
     return cls
 
@@ -135,7 +136,11 @@ def _model_class(name: str, registry_file: str) -> type[ZooModel]:
 def model_class(name: str) -> type[ZooModel]:
     """The class of a zoo model: its generated class with ZooModel mixed in, importable from
     ``zoo.architectures`` (so models pickle, ``torch.save`` whole and deep-copy)."""
-    return _model_class(name, str(load_registry().path))
+    cls = _model_class(name, str(load_registry().path))
+    # Block classes pickle by reference to zoo.models.<name>: that must be the module this class came from,
+    # even after another registry's model of the same name was imported.
+    sys.modules[cls._zoo_source.__name__] = cls._zoo_source
+    return cls
 
 
 def _config(entry: Entry) -> dict[str, Any]:

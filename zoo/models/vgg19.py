@@ -5,30 +5,42 @@ import torch
 from torch import nn
 
 
+class Block(nn.Module):
+    def __init__(self, in_channels: int, conv: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, conv, kernel_size=3, padding=1)
+        self.conv_2 = nn.Conv2d(conv, conv, kernel_size=3, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        return self.maxpool(torch.relu(self.conv_2(y)))
+
+
+class Block_2(nn.Module):
+    def __init__(self, in_channels: int, conv: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, conv, kernel_size=3, padding=1)
+        self.conv_2 = nn.Conv2d(conv, conv, kernel_size=3, padding=1)
+        self.conv_3 = nn.Conv2d(conv, conv, kernel_size=3, padding=1)
+        self.conv_4 = nn.Conv2d(conv, conv, kernel_size=3, padding=1)
+        self.maxpool = nn.MaxPool2d(kernel_size=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x))
+        y = torch.relu(self.conv_2(y))
+        y = torch.relu(self.conv_3(y))
+        return self.maxpool(torch.relu(self.conv_4(y)))
+
+
 class Vgg19(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=3, padding=1)
-        self.conv1_2 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
-        self.maxpool = nn.MaxPool2d(kernel_size=2)
-        self.conv2 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
-        self.conv2_2 = nn.Conv2d(128, 128, kernel_size=3, padding=1)
-        self.maxpool_2 = nn.MaxPool2d(kernel_size=2)
-        self.conv3 = nn.Conv2d(128, 256, kernel_size=3, padding=1)
-        self.conv3_2 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv3_3 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.conv3_4 = nn.Conv2d(256, 256, kernel_size=3, padding=1)
-        self.maxpool_3 = nn.MaxPool2d(kernel_size=2)
-        self.conv4 = nn.Conv2d(256, 512, kernel_size=3, padding=1)
-        self.conv4_2 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.conv4_3 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.conv4_4 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.maxpool_4 = nn.MaxPool2d(kernel_size=2)
-        self.conv5 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.conv5_2 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.conv5_3 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.conv5_4 = nn.Conv2d(512, 512, kernel_size=3, padding=1)
-        self.maxpool_5 = nn.MaxPool2d(kernel_size=2)
+        self.conv1 = Block(3, 64)
+        self.conv2 = Block(64, 128)
+        self.conv3 = Block_2(128, 256)
+        self.conv4 = Block_2(256, 512)
+        self.conv5 = Block_2(512, 512)
         self.fc6 = nn.Linear(25088, 4096)
         self.dropout = nn.Dropout(p=0.5)
         self.fc7 = nn.Linear(4096, 4096)
@@ -36,25 +48,11 @@ class Vgg19(nn.Module):
         self.fc8 = nn.Linear(4096, 1000)
 
     def forward_features(self, data_0: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(data_0))
-        x = self.maxpool(torch.relu(self.conv1_2(x)))
-        x = torch.relu(self.conv2(x))
-        x = self.maxpool_2(torch.relu(self.conv2_2(x)))
-        x = torch.relu(self.conv3(x))
-        x = torch.relu(self.conv3_2(x))
-        x = torch.relu(self.conv3_3(x))
-        x = self.maxpool_3(torch.relu(self.conv3_4(x)))
-        x = torch.relu(self.conv4(x))
-        x = torch.relu(self.conv4_2(x))
-        x = torch.relu(self.conv4_3(x))
-        x = self.maxpool_4(torch.relu(self.conv4_4(x)))
-        x = torch.relu(self.conv5(x))
-        x = torch.relu(self.conv5_2(x))
-        x = torch.relu(self.conv5_3(x))
-        x = self.maxpool_5(torch.relu(self.conv5_4(x)))
-        x = torch.relu(self.fc6(torch.flatten(x, 1)))
-        x = torch.relu(self.fc7(self.dropout(x)))
-        return self.dropout_2(x)
+        x = self.conv2(self.conv1(data_0))
+        x = self.conv4(self.conv3(x))
+        x = torch.flatten(self.conv5(x), 1)
+        x = self.dropout(torch.relu(self.fc6(x)))
+        return self.dropout_2(torch.relu(self.fc7(x)))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc8(features)
