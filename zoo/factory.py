@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .convert.naming import class_name
 from .registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
 from .weights import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
 
@@ -81,8 +82,6 @@ class ZooModel(nn.Module):
 
 def class_name_for(name: str) -> str:
     """The importable name of a zoo model's class in :mod:`zoo.architectures` (``Zoo`` + generated name)."""
-    from .convert.naming import class_name
-
     return f"Zoo{class_name(name)}"
 
 
@@ -102,16 +101,10 @@ def _generated_class(name: str) -> type[nn.Module]:
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    generated = getattr(module, _expected(name), None)
+    generated = getattr(module, class_name(name), None)
     if not (inspect.isclass(generated) and issubclass(generated, nn.Module)):
-        raise RegistryError(f"{path} should define class {_expected(name)}; run scripts/build.py {name}")
+        raise RegistryError(f"{path} should define class {class_name(name)}; run scripts/build.py {name}")
     return generated
-
-
-def _expected(name: str) -> str:
-    from .convert.naming import class_name
-
-    return class_name(name)
 
 
 def add_models_dir(folder: Path) -> None:
