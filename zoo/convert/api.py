@@ -69,7 +69,7 @@ def _default_name(path: Path) -> str:
 
 
 def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier,
-             structure: bool = False, global_pool: str = "fixed") -> _Compiled:
+             structure: bool = True, global_pool: str = "fixed") -> _Compiled:
     loaded = load_model(onnx_path)
     graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
     if global_pool == "adaptive":
@@ -172,13 +172,13 @@ def write_atomically(path: Path, write) -> None:
 def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
             outputs: Sequence[str] | None = None, classifier: str | None = None, source_name: str | None = None,
             source_sha256: str | None = None, regenerate: str | None = None,
-            structure: bool = False, global_pool: str = "fixed") -> ConversionResult:
+            structure: bool = True, global_pool: str = "fixed") -> ConversionResult:
     """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
 
     ``outputs`` cuts the graph at the named tensors. ``classifier`` names a generated layer (e.g. ``"fc"``):
     the module then gets ``forward_features`` (everything before it) and ``forward_head``, like timm's
-    models. ``structure=True`` turns repeated blocks into classes and restores the module tree of
-    PyTorch exports (see :mod:`zoo.convert.blocks`); the default writes one flat class.
+    models. ``structure`` (the default) turns repeated blocks into classes and restores the module tree of
+    PyTorch exports (see :mod:`zoo.convert.blocks`); ``structure=False`` writes one flat class.
     ``source_name``, ``source_sha256`` and ``regenerate``
     only change the header of the generated file (the build uses them so that a stand-in and the real
     file give byte-identical source). ``global_pool="adaptive"`` turns a pooling whose window covers the

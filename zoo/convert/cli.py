@@ -21,6 +21,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 3], metavar="N",
                         help="batch sizes for --verify (default: 1 3)")
     parser.add_argument("--layers", action="store_true", help="only list the graph's layers; convert nothing")
+    parser.add_argument("--flat", action="store_true",
+                        help="one flat class: no block classes, no restored module tree")
     return parser
 
 
@@ -41,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
             print("error: -o/--out is required", file=sys.stderr)
             return 2
         start = time.perf_counter()
-        result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs)
+        result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs, structure=not args.flat)
         print(result)
         print(f"  took {time.perf_counter() - start:.2f} s")
         if args.verify:
-            module = api.load(args.onnx, name=args.name, outputs=args.outputs)
+            module = api.load(args.onnx, name=args.name, outputs=args.outputs, structure=not args.flat)
             report = verification.verify(args.onnx, module, batch_sizes=args.batch_sizes)
             print(report)
             return 0 if report.passed else 1

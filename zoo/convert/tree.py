@@ -3,7 +3,8 @@ go back into nested containers, so the module's state_dict keys are the original
 
 A container whose children are numbered is an ``nn.Sequential`` (with ``nn.Identity()`` where the original
 held a layer without weights that the graph does not keep as a layer, such as a ReLU); any other container
-is an ``nn.ModuleDict``, whose children read as attributes. A run of statements that calls every child of a
+is an ``nn.ModuleDict``, whose children read as attributes; one holding only parameters (a LayerNorm
+written out as arithmetic) is an ``nn.ParameterDict``. A run of statements that calls every child of a
 Sequential in turn becomes one call of the container, as the original's forward would be written.
 """
 from __future__ import annotations
@@ -49,7 +50,13 @@ def nest(entries: list[tuple[list[str], str]], indent: int) -> list[tuple[str, s
 
 
 def container(children: list[tuple[str, str]], indent: int) -> str:
-    if all(name.isdigit() for name, _ in children):
+    params = [ctor.startswith("nn.Parameter(") for _, ctor in children]
+    if any(params) and not (all(params) and not any(name.isdigit() for name, _ in children)):
+        raise Conflict("parameters beside modules")  # no container expression holds both
+    if all(params):
+        items = [f'"{name}": {ctor}' for name, ctor in children]
+        head, tail = "nn.ParameterDict({", "})"
+    elif all(name.isdigit() for name, _ in children):
         by_index = {int(name): ctor for name, ctor in children}
         items = [by_index.get(i, "nn.Identity()") for i in range(max(by_index) + 1)]
         head, tail = "nn.Sequential(", ")"
