@@ -247,3 +247,15 @@ def test_torch_export_on_a_zoo_graph(standins):
     exported = torch.export.export(module, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), module(x))
+
+
+def test_cli_writes_block_classes_unless_flat(standins, tmp_path):
+    sources = {}
+    for flag in ([], ["--flat"]):
+        out = tmp_path / ("flat" if flag else "structured")
+        done = subprocess.run([sys.executable, "-m", "zoo.convert", str(standins["squeezenet"]), "-o", str(out),
+                               "--name", "sq", "--outputs", "r65", *flag], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        sources[bool(flag)] = (out / "sq.py").read_text()
+    assert "class Fire(nn.Module):" in sources[False] and "self.fire2 = Fire(" in sources[False]
+    assert "class Fire" not in sources[True] and "self.fire2_squeeze1x1 = nn.Conv2d(" in sources[True]
