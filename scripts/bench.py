@@ -4,8 +4,9 @@
 
 For each zoo model (built from its stand-in graph: speed does not depend on weight values):
 - conversion time, zoo.convert vs onnx2torch (where installed and able to convert);
-- inference latency per batch size: the generated module (eager), the same with zoo.fuse (BatchNorm folded,
-  channels_last), that under torch.compile (compiled during warm-up, not timed), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
+- inference latency per batch size: the generated module (eager), its flat form (structure=False), the
+  same with zoo.fuse (BatchNorm folded, channels_last), that under torch.compile (compiled during warm-up,
+  not timed), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
   and onnx2torch's module;
 - time to load the weights from a local safetensors file (what a warm Hub cache costs);
 - peak traced memory (tracemalloc) of one conversion.
@@ -30,7 +31,7 @@ warnings.filterwarnings("ignore")
 
 import zoo  # noqa: E402
 from zoo.build import prepare_graph  # noqa: E402
-from zoo.convert import convert  # noqa: E402
+from zoo.convert import convert, load_converted  # noqa: E402
 from zoo.registry import load_registry  # noqa: E402
 from zoo.standins import build_standin  # noqa: E402
 
@@ -106,8 +107,10 @@ def main(argv=None) -> int:
                 lambda: zoo.create_model(name, pretrained=result.weights_path), args.repeat, lambda: None)
 
             generated = zoo.create_model(name, pretrained=result.weights_path).eval().to(device)
+            flat = convert(onnx_path, tmp / "out-flat", **{**options, "structure": False})
             candidates = {
                 "zoo": generated,
+                "flat": load_converted(flat.source_path.parent, name).to(device),
                 "zoo+fuse": zoo.fuse(generated),
                 "fuse+compile": torch.compile(zoo.fuse(generated)),
                 "torchvision": getattr(torchvision.models, TORCHVISION[name])(
@@ -163,10 +166,10 @@ def main(argv=None) -> int:
         print(f"{name:<14} {row['convert_s']:>9.2f} {o2t_s:>7} {row['convert_peak_mb']:>8.0f} {row['load_weights_s']:>7.2f}")
     total = sum(r["convert_s"] for r in results["models"].values())
     print(f"{'all':<14} {total:>9.2f}\n")
-    columns = ["zoo", "zoo+fuse", "fuse+compile", "torchvision", "onnxruntime", "onnx2torch"]
+    columns = ["zoo", "flat", "zoo+fuse", "fuse+compile", "torchvision", "onnxruntime", "onnx2torch"]
     for batch in args.batch_sizes:
         print(f"latency ms @ batch {batch}: " + "  ".join(f"{c:>11}" for c in columns)
-              + "   zoo/tv  fuse/ort  compiled/ort")
+              + "   zoo/flat  zoo/tv  fuse/ort  compiled/ort")
         for name, row in results["models"].items():
             lat = row[f"latency_ms@{batch}"]
             cells = "  ".join(f"{lat[c]:>11.1f}" if c in lat else f"{'-':>11}" for c in columns)
@@ -174,7 +177,8 @@ def main(argv=None) -> int:
             ratio_ort = f"{lat['zoo+fuse'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat else "-"
             ratio_c = f"{lat['fuse+compile'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat and \
                 "fuse+compile" in lat else "-"
-            print(f"  {name:<22} {cells}   {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}")
+            ratio_flat = f"{lat['zoo'] / lat['flat']:.2f}" if "flat" in lat else "-"
+            print(f"  {name:<22} {cells}   {ratio_flat:>8}  {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=float))

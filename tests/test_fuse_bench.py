@@ -47,4 +47,4 @@ def test_benchmark_script_writes_its_table(tmp_path):
     assert "latency ms @ batch 1" in done.stdout and "squeezenet1_1" in done.stdout
     row = json.loads(out.read_text())["models"]["squeezenet1_1"]
     assert row["convert_s"] > 0 and row["load_weights_s"] > 0 and row["convert_peak_mb"] > 0
-    assert {"zoo", "zoo+fuse", "torchvision", "onnxruntime"} <= set(row["latency_ms@1"])
+    assert {"zoo", "flat", "zoo+fuse", "torchvision", "onnxruntime"} <= set(row["latency_ms@1"])
