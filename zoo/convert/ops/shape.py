@@ -328,16 +328,30 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate",
 
 PAD = '''
 def pad(x, pads, axes=None, mode="constant", value=0.0):
-    # ONNX Pad with pads known at run time: [begin per axis..., end per axis...] -> F.pad's order.
-    pads = [int(p) for p in pads.tolist()]
-    axes = list(range(x.dim())) if axes is None else [int(a) % x.dim() for a in axes.tolist()]
-    begin, end = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
-    order = []
-    for a in reversed(range(x.dim())):
-        order += [begin.get(a, 0), end.get(a, 0)]
-    if mode != "constant":
-        return F.pad(x, order, mode=mode)
-    return F.pad(x, order, value=float(value))
+    # ONNX Pad on any axes, pads [begin per axis..., end per axis...] possibly known only at run time.
+    as_list = lambda v: v if isinstance(v, (list, tuple)) else v.tolist()
+    pads = [int(p) for p in as_list(pads)]
+    axes = list(range(x.dim())) if axes is None else [int(a) % x.dim() for a in as_list(axes)]
+    if mode == "constant":
+        begin, end = dict(zip(axes, pads[:len(axes)])), dict(zip(axes, pads[len(axes):]))
+        order = []
+        for a in reversed(range(x.dim())):
+            order += [begin.get(a, 0), end.get(a, 0)]
+        return F.pad(x, order, value=float(value))
+    # F.pad's other modes reach only the last dimensions; an index per axis reaches any.
+    for a, b, e in zip(axes, pads[:len(axes)], pads[len(axes):]):
+        n = x.shape[a]
+        index = torch.arange(-b, n + e, device=x.device)
+        if mode == "reflect":
+            period = max(2 * (n - 1), 1)
+            index = index % period
+            index = torch.where(index >= n, period - index, index)
+        elif mode == "replicate":
+            index = index.clamp(0, n - 1)
+        else:
+            index = index % n
+        x = x.index_select(a, index)
+    return x
 '''
 
 
@@ -387,7 +401,7 @@ def pad(ctx):
         # PyTorch pads the last 1-3 dimensions of a batched (or unbatched) tensor in these modes
         order += [0] * max(0, 2 * (rank - 2) - len(order))
         if rank < 2 or len(order) > 2 * min(rank - 1, 3):
-            raise Unsupported(f"mode {ctx.attr('mode')!r} padding the first dimensions of a rank-{rank} tensor")
+            return f"{ctx.helper('pad', PAD)}({ctx.x(0)}, {ctx.lit(list(pads))}, {ctx.lit(list(axes))}, {mode!r})"
         return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, mode={mode!r})"
     return f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))}, value={ctx.lit(value)})" if value else \
         f"F.pad({ctx.x(0)}, {ctx.lit(tuple(order))})"
