@@ -1,6 +1,7 @@
 """Less common ops: windows, Det, BitCast, ReverseSequence, Col2Im, AffineGrid, MaxUnpool, Unique, DFT, ..."""
 from __future__ import annotations
 
+from .. import checks
 from ..errors import Unsupported
 from ..lower import Multi
 from ..registry import register_op
@@ -72,19 +73,34 @@ def affine_grid(ctx):
     return f"F.affine_grid({ctx.x(0)}, {ctx.int_list(1)}, align_corners={align})"
 
 
+MAX_UNPOOL = '''
+def max_unpool(x, indices, kernel, stride, pads, output_shape=None):
+    # ONNX MaxUnpool: each value goes to its index, counted across the whole tensor of the inferred output
+    # (as MaxPool numbers them, unlike F.max_unpool's per-plane indices); output_shape pads it at the end.
+    n = len(kernel)
+    size = [(d - 1) * s - b - e + k for d, s, b, e, k in zip(x.shape[2:], stride, pads[:n], pads[n:], kernel)]
+    y = x.new_zeros(x.shape[0] * x.shape[1] * torch.Size(size).numel())
+    y = y.scatter(0, indices.flatten(), x.flatten()).reshape(*x.shape[:2], *size)
+    if output_shape is not None:
+        order = []
+        for target, d in zip(reversed(list(output_shape)[2:]), reversed(size)):
+            order += [0, int(target) - d]
+        y = F.pad(y, order)
+    return y
+'''
+
+
 @register_op("MaxUnpool", since=9)
 def max_unpool(ctx):
-    n = len(ctx.attr("kernel_shape"))
+    n = ctx.rank(0) - 2
     if n not in (1, 2, 3):
         raise Unsupported(f"{n}-d MaxUnpool")
-    pads = list(ctx.attr("pads") or [0] * 2 * n)
-    if pads[:n] != pads[n:]:
-        raise Unsupported("asymmetric pads")
-    size = ""
+    kernel, strides, _ = checks.pool_attrs(ctx, n)
+    pads = checks.ints(ctx, "pads", length=2 * n, minimum=0, default=[0] * 2 * n, implied=f"the input's rank {n + 2}")
+    args = [ctx.x(0), ctx.x(1), ctx.lit(tuple(kernel)), ctx.lit(tuple(strides)), ctx.lit(tuple(pads))]
     if ctx.has_input(2):
-        size = f", output_size={ctx.x(2)}.tolist()[2:]"
-    return (f"F.max_unpool{n}d({ctx.x(0)}, {ctx.x(1)}, {ctx.lit(tuple(ctx.attr('kernel_shape')))}, "
-            f"stride={ctx.lit(tuple(ctx.attr('strides') or [1] * n))}, padding={ctx.lit(tuple(pads[:n]))}{size})")
+        args.append(ctx.int_list(2))
+    return f"{ctx.helper('max_unpool', MAX_UNPOOL)}({', '.join(args)})"
 
 
 UNIQUE = '''
