@@ -131,3 +131,11 @@ def swish(ctx):
     alpha = np.float32(ctx.attr("alpha", 1.0))
     x = ctx.x(0)
     return f"F.silu({x})" if alpha == 1 else f"{x} * torch.sigmoid({ctx.lit(alpha)} * {x})"
+
+
+@register_op("SwiGLU", since=28)
+def swiglu(ctx):
+    alpha = np.float32(ctx.attr("alpha", 1.0))
+    a, b = ctx.x(0), ctx.x(1)
+    gate = f"F.silu({a})" if alpha == 1 else f"{a} * torch.sigmoid({ctx.lit(alpha)} * {a})"
+    return f"{gate} * {b}"

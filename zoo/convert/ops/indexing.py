@@ -1,4 +1,4 @@
-"""Index and generate: Constant, Range, Trilu, EyeLike, OneHot, NonZero, Compress, GatherND, Scatter*."""
+"""Index and generate: Constant, Range, Trilu, EyeLike, OneHot, NonZero, Compress, GatherND, Scatter*, BitShift."""
 from __future__ import annotations
 
 import math
@@ -101,19 +101,87 @@ def scatter_elements(ctx):
     return f"{x}.scatter_reduce({a}, {index}, {upd}, {_REDUCTIONS[reduction]!r})"
 
 
+SCATTER_ND_REDUCE = '''
+def scatter_nd_reduce(x, indices, updates, reduce):
+    # ONNX ScatterND with a mul/max/min reduction, which index_put lacks: the indexed leading
+    # dimensions flattened into one, so that scatter_reduce combines repeated indices.
+    k = indices.shape[-1]
+    index = torch.zeros(indices.shape[:-1], dtype=torch.int64, device=x.device)
+    for i in range(k):
+        index = index * x.shape[i] + torch.where(indices[..., i] < 0, indices[..., i] + x.shape[i], indices[..., i])
+    rest = x.shape[k:]
+    updates = updates.reshape(-1, *rest)
+    index = index.reshape(-1, *[1] * len(rest)).expand_as(updates)
+    return x.flatten(0, k - 1).scatter_reduce(0, index, updates, reduce).reshape(x.shape)
+'''
+
+
 @register_op("ScatterND", since=11)
 def scatter_nd(ctx):
     reduction = ctx.attr("reduction", "none")
-    if reduction not in ("none", "add"):
-        raise Unsupported(f"reduction {reduction!r}")
-    accumulate = ", accumulate=True" if reduction == "add" else ""
-    return f"{ctx.x(0)}.index_put(tuple({ctx.x(1)}.unbind(-1)), {ctx.x(2)}{accumulate})"
+    x, idx, upd = ctx.x(0), ctx.x(1), ctx.x(2)
+    if reduction in ("none", "add"):
+        accumulate = ", accumulate=True" if reduction == "add" else ""
+        return f"{x}.index_put(tuple({idx}.unbind(-1)), {upd}{accumulate})"
+    if reduction not in _REDUCTIONS:
+        raise checks.Contradiction(f"attribute reduction={reduction!r} is not one of none, add, mul, max, min")
+    if (ctx.shape(1) or (0,))[-1] == 0:
+        raise Unsupported("ScatterND with empty index tuples and a reduction")
+    fn = ctx.helper("scatter_nd_reduce", SCATTER_ND_REDUCE)
+    return f"{fn}({x}, {idx}, {upd}, {_REDUCTIONS[reduction]!r})"
+
+
+TENSOR_SCATTER = '''
+def tensor_scatter(cache, update, write_indices=None, axis=-2, circular=False):
+    # ONNX TensorScatter: each batch entry's update written into the cache along axis from its write index.
+    axis %= cache.dim()
+    start = torch.zeros(cache.shape[0], dtype=torch.int64, device=cache.device) if write_indices is None \\
+        else write_indices.to(torch.int64)
+    position = start.reshape(-1, 1) + torch.arange(update.shape[axis], device=cache.device)
+    if circular:
+        position = position % cache.shape[axis]
+    shape = [cache.shape[0]] + [1] * (cache.dim() - 1)
+    shape[axis] = update.shape[axis]
+    return cache.scatter(axis, position.reshape(shape).expand_as(update), update)
+'''
+
+_TENSOR_SCATTER_MODES = {"linear": False, "circular": True}
+
+
+@register_op("TensorScatter", since=24)
+def tensor_scatter(ctx):
+    mode = ctx.attr("mode", "linear")
+    if mode not in _TENSOR_SCATTER_MODES:
+        raise checks.Contradiction(f"attribute mode={mode!r} is not 'linear' or 'circular'")
+    a = norm_axis(ctx, int(ctx.attr("axis", -2)), ctx.rank(0))
+    if a == 0:
+        raise checks.Contradiction("attribute axis=0 is the batch dimension, which TensorScatter cannot write along")
+    fn = ctx.helper("tensor_scatter", TENSOR_SCATTER)
+    args = [ctx.x(0), ctx.x(1)] + ([ctx.x(2)] if ctx.has_input(2) else [])
+    return f"{fn}({', '.join(args)}, axis={a}, circular={_TENSOR_SCATTER_MODES[mode]})"
+
+
+_SHIFTS = {"LEFT": "torch.bitwise_left_shift", "RIGHT": "torch.bitwise_right_shift"}
 
 
 @register_op("BitShift", since=11)
 def bit_shift(ctx):
-    fn = "torch.bitwise_left_shift" if ctx.attr("direction") == "LEFT" else "torch.bitwise_right_shift"
-    return f"{fn}({ctx.x(0)}, {ctx.x(1)})"
+    direction = ctx.attr("direction")
+    if direction not in _SHIFTS:
+        raise checks.Contradiction(f"attribute direction={direction!r} is not 'LEFT' or 'RIGHT'")
+    x, n = ctx.x(0), ctx.x(1)
+    dtype = ctx.dtype(0)
+    name = np.dtype(dtype).name if dtype is not None else ""
+    # torch has shift kernels for uint8 and the signed types only
+    if name in ("uint16", "uint32"):
+        shifted = f"{_SHIFTS[direction]}({x}.to(torch.int64), {n}.to(torch.int64))"
+        return f"({shifted} & {(1 << 8 * np.dtype(dtype).itemsize) - 1}).to({ctx.torch_dtype(dtype)})"
+    if name == "uint64":  # as int64 bits: a left shift is the same; a right shift must not extend the sign
+        x, n = f"{x}.view(torch.int64)", f"{n}.view(torch.int64)"
+        if direction == "LEFT":
+            return f"torch.bitwise_left_shift({x}, {n}).view(torch.uint64)"
+        return f"(torch.bitwise_right_shift({x}, {n}) & ~torch.bitwise_left_shift(-1, 64 - {n})).view(torch.uint64)"
+    return f"{_SHIFTS[direction]}({x}, {n})"
 
 
 @register_op("Einsum", since=12)
