@@ -137,6 +137,9 @@ def dft(x, length=None, axis=1, inverse=False, onesided=False):
     # ONNX DFT: the last dimension holds (real,) or (real, imaginary).
     signal = torch.view_as_complex(x.contiguous()) if x.shape[-1] == 2 else x[..., 0].to(torch.complex64)
     axis = axis % (x.dim() - 1)
+    if inverse and onesided:  # a one-sided spectrum back to its real signal, (..., 1) out
+        n = 2 * (signal.shape[axis] - 1) if length is None else length
+        return torch.fft.irfft(signal, n=n, dim=axis).unsqueeze(-1).to(x.dtype)
     if inverse:
         y = torch.fft.ifft(signal, n=length, dim=axis)
     else:
