@@ -53,7 +53,8 @@ def linear_attention(q, k, v, past_state=None, decay=None, beta=None, *, q_heads
     # per head or per key dimension) the state decays each step ('gated'); with beta the write is the
     # delta rule's correction of what the state already holds for the key ('delta').
     dtype = q.dtype
-    q, k, v = (t.unflatten(-1, (h, -1)).transpose(1, 2).float() for t, h in ((q, q_heads), (k, kv_heads), (v, kv_heads)))
+    q, k, v = (t.unflatten(-1, (h, -1)).transpose(1, 2).float()
+               for t, h in ((q, q_heads), (k, kv_heads), (v, kv_heads)))
     scale = scale or q.shape[-1] ** -0.5
     if decay is not None:
         decay = decay.unflatten(-1, (kv_heads, -1)).transpose(1, 2).float().exp().unsqueeze(-1)
