@@ -120,7 +120,37 @@ def _softmax_family(fn: str):
     return handler
 
 
-register_op("Softmax", since=1)(_softmax_family("torch.softmax({x}, dim={dim})"))
+LOW_PRECISION_SOFTMAX = '''
+def low_precision_softmax(x, dim=-1):
+    # Softmax rounded to float16/bfloat16 after each step, as ONNX's reference computes it (torch.softmax
+    # rounds once: an ulp apart). The reference sums bfloat16 one element at a time, rounding each partial
+    # sum, so this does too: a loop over dim, the price of matching it.
+    top = x.amax(dim, keepdim=True)
+    e = torch.exp(x - torch.where(torch.isneginf(top), torch.zeros_like(top), top))
+    if x.dtype == torch.bfloat16:
+        parts = e.split(1, dim)
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+    else:
+        total = e.sum(dim, keepdim=True)
+    return e / torch.where(total == 0, torch.ones_like(total), total)
+'''
+
+_LOW_PRECISION = ("float16", "bfloat16")
+_plain_softmax = _softmax_family("torch.softmax({x}, dim={dim})")
+
+
+@register_op("Softmax", since=1)
+def softmax(ctx):
+    dtype, rank = ctx.dtype(0), ctx.rank(0)
+    ax = norm_axis(ctx, int(ctx.attr("axis", 1 if ctx.opset < 13 else -1)), rank)
+    if dtype is None or dtype.name not in _LOW_PRECISION or (ctx.opset < 13 and ax != rank - 1):
+        return _plain_softmax(ctx)
+    fn = ctx.helper("low_precision_softmax", LOW_PRECISION_SOFTMAX)
+    return f"{fn}({ctx.x(0)}, {ax})"
+
+
 register_op("LogSoftmax", since=1)(_softmax_family("torch.log_softmax({x}, dim={dim})"))
 register_op("Hardmax", since=1)(_softmax_family(
     "F.one_hot(torch.argmax({x}, dim={dim}), {x}.shape[{dim}]).movedim(-1, {dim}).to({x}.dtype)"))

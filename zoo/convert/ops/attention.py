@@ -6,6 +6,7 @@ import numpy as np
 from ..errors import Unsupported
 from ..lower import Multi
 from ..registry import register_op
+from .activation import LOW_PRECISION_SOFTMAX
 
 ATTENTION = '''
 def attention(q, k, v, mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *, scale=None,
@@ -46,14 +47,17 @@ def attention(q, k, v, mask=None, past_key=None, past_value=None, nonpad_kv_seql
     if q.shape[1] != k.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    root = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
+    root = torch.tensor((q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5, dtype=q.dtype, device=q.device)
     qk = (q * root) @ (k.transpose(-1, -2) * root)
     if softcap > 0:
         qk = softcap * torch.tanh(qk / softcap)
     scores = qk + bias
     if qk_mode == 2:
         qk = scores
-    weights = torch.softmax(scores, dim=-1)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        weights = low_precision_softmax(scores)
+    else:
+        weights = torch.softmax(scores, dim=-1)
     weights = torch.where(torch.isneginf(bias.amax(-1, keepdim=True)), torch.zeros_like(weights), weights)
     if qk_mode == 3:
         qk = weights
@@ -66,6 +70,7 @@ def attention(q, k, v, mask=None, past_key=None, past_value=None, nonpad_kv_seql
 
 @register_op("Attention", since=23)
 def attention(ctx):
+    ctx.helper("low_precision_softmax", LOW_PRECISION_SOFTMAX)
     fn = ctx.helper("attention", ATTENTION)
     args = [ctx.x(0), ctx.x(1), ctx.x(2)]
     for i in (3, 4, 5, 6):
