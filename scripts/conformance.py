@@ -1,6 +1,7 @@
 """ONNX backend node conformance: every node test case of the installed onnx package through zoo.convert.
 
-    python scripts/conformance.py [--peer onnx2torch] [--json out/conformance.json] [-k PATTERN]
+    python scripts/conformance.py [--peer onnx2torch --peer onnx2pytorch --peer onnxruntime]
+                                  [--json out/conformance.json] [-k PATTERN] [--failures]
 
 Cases are regenerated with onnx.backend.test.case.node.collect_testcases(); outputs are compared with the
 case's own tolerances (rtol 1e-3, atol 1e-7 by default), exactly for integer and bool outputs, and shapes
@@ -55,6 +56,12 @@ def _to_torch(x):
     return torch.from_numpy(np.array(x))
 
 
+def _to_numpy(x):
+    if isinstance(x, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(x)
+    return np.array(x) if isinstance(x, np.generic) else x
+
+
 def _compare(expected, got, rtol, atol) -> str:
     """'' when equal enough, else why not."""
     if isinstance(got, torch.Tensor):
@@ -93,7 +100,7 @@ def _run_case(case, loader, workdir: Path) -> tuple[bool, str]:
         return False, f"convert: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     for inputs, outputs in case.data_sets:
         try:
-            args = [_to_torch(x) for x in inputs]
+            args = [_to_numpy(x) if getattr(module, "numpy_inputs", False) else _to_torch(x) for x in inputs]
             with torch.no_grad():
                 got = module(*args)
         except Exception as exc:  # noqa: BLE001
@@ -120,12 +127,37 @@ def onnx2torch_loader(path: Path):
     return convert(str(path)).eval()
 
 
-LOADERS = {"zoo": zoo_loader, "onnx2torch": onnx2torch_loader}
+def onnx2pytorch_loader(path: Path):
+    from onnx2pytorch import ConvertModel
+
+    return ConvertModel(onnx.load(str(path))).eval()
+
+
+def onnxruntime_loader(path: Path):
+    """The reference executor in the same harness: what a faithful conversion could reach at best."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*args):
+        return session.run(None, dict(zip(names, args)))
+
+    run.numpy_inputs = True  # the case's own arrays, bfloat16 and float8 included
+    return run
+
+
+LOADERS = {"zoo": zoo_loader, "onnx2torch": onnx2torch_loader, "onnx2pytorch": onnx2pytorch_loader,
+           "onnxruntime": onnxruntime_loader}
+PACKAGES = {"onnx2torch": "onnx2torch", "onnx2pytorch": "onnx2pytorch", "onnxruntime": "onnxruntime"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peer", action="append", default=[], choices=["onnx2torch"], help="also run this converter")
+    parser.add_argument("--peer", action="append", default=[], choices=sorted(PACKAGES),
+                        help="also run this converter (or onnxruntime, the reference executor)")
     parser.add_argument("--json", type=Path, default=Path("out/conformance.json"), help="per-case results")
     parser.add_argument("-k", dest="pattern", help="only cases whose name contains this")
     parser.add_argument("--timeout", type=int, default=30, help="seconds per case")
@@ -144,7 +176,7 @@ def main(argv=None) -> int:
             try:
                 LOADERS[converter]  # noqa: B018
                 if converter != "zoo":
-                    __import__(converter)
+                    __import__(PACKAGES[converter])
             except ImportError:
                 print(f"{converter}: not installed (pip install {converter}); skipped")
                 continue
