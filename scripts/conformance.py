@@ -45,6 +45,8 @@ def _to_torch(x):
     """numpy (including ml_dtypes' bfloat16 and float8) to torch, bit for bit."""
     if isinstance(x, onnx.TensorProto):
         x = onnx.numpy_helper.to_array(x)
+    if isinstance(x, list):  # an ONNX sequence (or an optional holding one)
+        return [_to_torch(e) for e in x]
     if isinstance(x, np.generic):
         x = np.array(x)
     if not isinstance(x, np.ndarray):
@@ -63,7 +65,19 @@ def _to_numpy(x):
 
 
 def _compare(expected, got, rtol, atol) -> str:
-    """'' when equal enough, else why not."""
+    """'' when equal enough, else why not. Sequences compare element by element; an empty optional is None."""
+    if expected is None or got is None:
+        return "" if expected is None and got is None else f"got {type(got).__name__}, expected {expected!r:.40}"
+    if isinstance(expected, list):
+        if not isinstance(got, list):
+            return f"got {type(got).__name__}, expected a sequence"
+        if len(got) != len(expected):
+            return f"sequence of {len(got)}, expected {len(expected)}"
+        for i, (e, g) in enumerate(zip(expected, got)):
+            why = _compare(e, g, rtol, atol)
+            if why:
+                return f"sequence element {i}: {why}"
+        return ""
     if isinstance(got, torch.Tensor):
         got = got.detach().cpu()
         got = got.float().numpy() if got.dtype in _ML_DTYPES.values() else got.numpy()
@@ -105,7 +119,7 @@ def _run_case(case, loader, workdir: Path) -> tuple[bool, str]:
                 got = module(*args)
         except Exception as exc:  # noqa: BLE001
             return False, f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-        got = list(got) if isinstance(got, (tuple, list)) else [got]
+        got = list(got) if isinstance(got, tuple) else [got]  # a list is one sequence output
         if len(got) != len(outputs):
             return False, f"{len(got)} outputs, expected {len(outputs)}"
         for g, e in zip(got, outputs):
