@@ -57,3 +57,21 @@ def axis(ctx, value: int, rank: int) -> int:
 def wrap_negative(index: str, size: str) -> str:
     """ONNX index tensors may count from the end; PyTorch's gather/scatter need them in [0, size)."""
     return f"torch.where({index} < 0, {index} + {size}, {index})"
+
+
+def constant(ctx, key: str, array) -> str:
+    """A tensor the handler derives from attributes (tree tables, n-gram pools), held by the module like any
+    other constant of the graph: a parameter if floating point, else a buffer, named after the node."""
+    import numpy as np
+
+    from ..ir import Value
+
+    graph = ctx._lowering.graph
+    base = f"{ctx.node.name or ctx.op_type.lower()}_{key}"
+    name, k = base, 1
+    while name in graph.values:
+        k += 1
+        name = f"{base}{k}"
+    array = np.ascontiguousarray(array)
+    graph.values[name] = Value(name, tuple(array.shape), array.dtype, array)
+    return ctx._lowering.reference(name)
