@@ -15,6 +15,9 @@ from .ir import BATCH, Graph, Node, Value
 # Never folded: their value is not a function of their inputs.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                  "Bernoulli", "Dropout"}
+# Their values are Python lists or None in the generated code, never constant tensors.
+_NOT_FOLDABLE |= {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SplitToSequence",
+                  "SequenceMap", "Optional", "OptionalGetElement", "OptionalHasElement"}
 _MAX_FOLDED_ELEMENTS = 1 << 26
 # onnx's reference implementation evaluates these element by element in Python: a large output takes minutes.
 _SLOW = {"Resize", "Upsample", "GridSample", "RoiAlign", "NonMaxSuppression", "Col2Im", "DeformConv",
