@@ -297,3 +297,35 @@ def scan(ctx):
     expr = (f"{runner}({name}, self, [{states}], [{inputs}], [{free_refs}], {ctx.lit(in_axes)}, {ctx.lit(in_rev)}, "
             f"{ctx.lit(out_axes)}, {ctx.lit(out_rev)})")
     return Multi(expr) if len(ctx.node.outputs) > 1 else f"{expr}[0]"
+
+
+RUN_SCAN8 = '''
+def run_scan8(body, module, states, inputs, free, in_reverse, outputs):
+    # ONNX Scan before opset 9: every state and input starts with a batch axis; each sample is scanned alone.
+    samples = [run_scan(body, module, [s[b] for s in states], [x[b] for x in inputs], free, [0] * len(inputs),
+                        in_reverse, [0] * outputs, [False] * outputs) for b in range(inputs[0].shape[0])]
+    return tuple(torch.stack(column) for column in zip(*samples))
+'''
+
+
+@register_op("Scan", since=8)
+def scan8(ctx):
+    explicit = len(ctx.node.proto.input)
+    if ctx.has_input(0):
+        raise Unsupported("Scan (opset 8) with sequence_lens")
+    n_in = int(ctx.attr("num_scan_inputs"))
+    n_state = explicit - 1 - n_in
+    if n_in < 1 or n_state < 0:
+        raise ConversionError(f"{ctx._lowering.graph.where(ctx.node)}: attribute num_scan_inputs={n_in} does not "
+                              f"fit its {explicit - 1} inputs")
+    sub = subgraph(ctx, ctx.attr("body"), _outer_names(ctx))
+    in_rev = [bool(d) for d in (ctx.attr("directions") or [0] * n_in)]
+    name, free = emit_function(ctx, "body", sub, lower_nodes(ctx, sub), sub.inputs)
+    ctx.helper("run_scan", RUN_SCAN)
+    runner = ctx.helper("run_scan8", RUN_SCAN8)
+    states = ", ".join(ctx.x(i) for i in range(1, 1 + n_state))
+    inputs = ", ".join(ctx.x(i) for i in range(1 + n_state, explicit))
+    free_refs = ", ".join(ctx._lowering.reference(v) for v in free)
+    expr = (f"{runner}({name}, self, [{states}], [{inputs}], [{free_refs}], {ctx.lit(in_rev)}, "
+            f"{len(sub.outputs) - n_state})")
+    return Multi(expr) if len(ctx.node.outputs) > 1 else f"{expr}[0]"
