@@ -157,7 +157,7 @@ def onnxruntime_loader(path: Path):
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):
-        return session.run(None, dict(zip(names, args)))
+        return tuple(session.run(None, dict(zip(names, args))))  # outputs; a list would be one sequence
 
     run.numpy_inputs = True  # the case's own arrays, bfloat16 and float8 included
     return run
