@@ -68,13 +68,8 @@ def conv_transpose(ctx):
         raise Unsupported("a non-constant bias")
     n, kernel, strides, dilations = _geometry(ctx, weight.shape, transpose=True)
     groups = int(ctx.attr("group", 1))
-    if ctx.attr("output_shape") is not None:
-        raise Unsupported("the output_shape attribute")
-    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID", ""):
-        raise Unsupported(f"auto_pad {ctx.attr('auto_pad')!r}")
-    pads = list(ctx.attr("pads") or [0] * (2 * n)) if ctx.attr("auto_pad", "NOTSET") != "VALID" else [0] * (2 * n)
-    begins, ends = pads[:n], pads[n:]
     out_pad = list(ctx.attr("output_padding") or [0] * n)
+    begins, ends, out_pad = _transpose_pads(ctx, n, kernel, strides, dilations, out_pad)
     checks.conv_output(ctx, weight.shape, kernel, strides, dilations, begins, ends, transpose=True, out_pad=out_pad)
     # PyTorch takes symmetric padding; extra end padding is cropped from the output instead.
     common = [min(b, e) for b, e in zip(begins, ends)]
@@ -95,7 +90,11 @@ def conv_transpose(ctx):
     else:
         tensors["bias"] = bias
     layer = ctx.layer(f"nn.ConvTranspose{n}d({', '.join(args)})", **tensors)
-    expr = f"{layer}({ctx.x(0)})"
+    return _crop(f"{layer}({ctx.x(0)})", begins, ends, common)
+
+
+def _crop(expr: str, begins, ends, common) -> str:
+    """PyTorch takes symmetric padding; extra padding on one side is cropped from the output instead."""
     crops = [(b - c, e - c) for b, e, c in zip(begins, ends, common)]
     if any(b or e for b, e in crops):
         index = ", ".join([":", ":"] + [f"{b}:{-e if e else ''}" for b, e in crops])
@@ -103,19 +102,48 @@ def conv_transpose(ctx):
     return expr
 
 
+def _transpose_pads(ctx, n, kernel, strides, dilations, out_pad) -> tuple[list[int], list[int], list[int]]:
+    """ConvTranspose's (begin pads, end pads, output_padding): explicit, or what output_shape or auto_pad
+    SAME_* imply for the input's size."""
+    mode = ctx.attr("auto_pad", "NOTSET")
+    if mode not in ("NOTSET", "", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise checks.Contradiction(f"attribute auto_pad={mode!r} is not NOTSET, VALID, SAME_UPPER or SAME_LOWER")
+    target = checks.ints(ctx, "output_shape", minimum=1)
+    if mode == "VALID" or (mode in ("NOTSET", "") and (ctx.attr("pads") or target is None)):
+        pads = [0] * (2 * n) if mode == "VALID" else list(ctx.attr("pads") or [0] * (2 * n))
+        return pads[:n], pads[n:], out_pad
+    shape = ctx.shape(0)
+    sizes = list(shape[2:]) if shape is not None else []
+    if len(sizes) != n or not all(checks.is_int(d) for d in sizes):
+        raise Unsupported("output_shape or auto_pad SAME with spatial sizes unknown before run time")
+    if target is None:
+        target = [d * s for d, s in zip(sizes, strides)]
+    if len(target) < n:
+        raise checks.Contradiction(f"attribute output_shape={target} has fewer than {n} spatial sizes")
+    target = target[-n:]
+    begins, ends, grown = [], [], []
+    for d, s, k, dl, op, t in zip(sizes, strides, kernel, dilations, out_pad, target):
+        total = s * (d - 1) + op + (k - 1) * dl + 1 - t
+        small, big = total // 2, total - total // 2
+        b, e = (small, big) if mode == "SAME_UPPER" else (big, small)
+        if b < 0 or op - min(e, 0) >= max(s, dl):
+            raise Unsupported(f"output_shape {target} beyond what output_padding can reach")
+        begins.append(b)
+        ends.append(max(e, 0))
+        grown.append(op - min(e, 0))  # an output larger than the kernels reach: PyTorch's output_padding
+    return begins, ends, grown
+
 
 def _functional_conv_transpose(ctx):
     shape = ctx.shape(1)
-    if shape is None or ctx.attr("output_shape") is not None or ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", ""):
-        raise Unsupported("a non-constant weight with output_shape, auto_pad or unknown rank")
+    if shape is None:
+        raise Unsupported("a non-constant weight of unknown rank")
     n, kernel, strides, dilations = _geometry(ctx, shape, transpose=True)
-    pads = list(ctx.attr("pads") or [0] * (2 * n))
-    if pads[:n] != pads[n:]:
-        raise Unsupported("a non-constant weight with asymmetric pads")
-    strides = list(ctx.attr("strides") or [1] * n)
     out_pad = list(ctx.attr("output_padding") or [0] * n)
-    dilations = list(ctx.attr("dilations") or [1] * n)
+    begins, ends, out_pad = _transpose_pads(ctx, n, kernel, strides, dilations, out_pad)
+    common = [min(b, e) for b, e in zip(begins, ends)]
     bias = ctx.x(2) if ctx.has_input(2) else "None"
-    return (f"F.conv_transpose{n}d({ctx.x(0)}, {ctx.x(1)}, {bias}, stride={ctx.lit(tuple(strides))}, "
-            f"padding={ctx.lit(tuple(pads[:n]))}, output_padding={ctx.lit(tuple(out_pad))}, "
+    expr = (f"F.conv_transpose{n}d({ctx.x(0)}, {ctx.x(1)}, {bias}, stride={ctx.lit(tuple(strides))}, "
+            f"padding={ctx.lit(tuple(common))}, output_padding={ctx.lit(tuple(out_pad))}, "
             f"groups={int(ctx.attr('group', 1))}, dilation={ctx.lit(tuple(dilations))})")
+    return _crop(expr, begins, ends, common)
