@@ -39,8 +39,10 @@ def _check_channel_vectors(ctx, names) -> None:
 
 @register_op("BatchNormalization", since=1)
 def batch_norm(ctx):
-    if any(ctx.output_used(i) for i in range(1, 5)) or ctx.attr("training_mode", 0):
-        raise Unsupported("training-mode outputs (running mean/var)")
+    if ctx.attr("training_mode", 0) or ctx.output_used(1) or ctx.output_used(2):
+        return _batch_norm_training(ctx)
+    if ctx.output_used(3) or ctx.output_used(4):
+        raise Unsupported("the saved mean and variance outputs")
     if ctx.opset < 7 and not ctx.attr("spatial", 1):
         raise Unsupported("spatial=0")
     rank = ctx.rank(0)
@@ -60,6 +62,21 @@ def batch_norm(ctx):
         return f"{layer}({ctx.x(0)})"
     x, scale, bias, mean, var = (ctx.x(i) for i in range(5))
     return f"F.batch_norm({x}, {mean}, {var}, {scale}, {bias}, False, 0.0, {_eps(ctx)})"
+
+
+def _batch_norm_training(ctx):
+    """Normalized by the batch's statistics; the running statistics move towards them by 1 - momentum."""
+    if ctx.output_used(3) or ctx.output_used(4) or ctx.opset < 14:
+        raise Unsupported("training mode before opset 14 (saved mean and variance outputs)")
+    rank = ctx.rank(0)
+    _check_channel_vectors(ctx, ("scale", "bias", "mean", "var"))
+    x, scale, bias, mean, var = (ctx.x(i) for i in range(5))
+    m = ctx.lit(np.float32(ctx.attr("momentum", 0.9)))
+    dims = ctx.lit(tuple(d for d in range(rank) if d != 1))
+    y = f"F.batch_norm({x}, None, None, {scale}, {bias}, True, 0.0, {_eps(ctx)})"
+    new_mean = f"{mean} * {m} + torch.mean({x}, dim={dims}) * (1 - {m})" if ctx.output_used(1) else None
+    new_var = f"{var} * {m} + torch.var({x}, dim={dims}, unbiased=False) * (1 - {m})" if ctx.output_used(2) else None
+    return [y, new_mean, new_var]
 
 
 @register_op("LRN", since=1)
@@ -131,11 +148,21 @@ def group_norm(ctx):
     channels = shape[1] if shape is not None else None
     scale, bias = ctx.const(1), ctx.const(2)
     if not isinstance(channels, int) or scale is None or bias is None:
-        raise Unsupported("GroupNormalization needs a known channel count and constant scale and bias")
+        return _functional_group_norm(ctx, groups)
     if ctx.opset < 21 and scale.shape[0] == groups and groups != channels:
         scale, bias = np.repeat(scale, channels // groups), np.repeat(bias, channels // groups)
     layer = ctx.layer(f"nn.GroupNorm({groups}, {channels}, eps={_eps(ctx)})", weight=scale, bias=bias)
     return f"{layer}({ctx.x(0)})"
+
+
+def _functional_group_norm(ctx, groups):
+    if ctx.opset < 21:  # scale and bias per group; PyTorch takes them per channel
+        if ctx.shape(1) is None or ctx.shape(1)[0] != groups:
+            raise Unsupported("GroupNormalization before opset 21 with a scale of unknown length")
+        scale, bias = (f"{ctx.x(i)}.repeat_interleave({ctx.x(0)}.shape[1] // {groups})" for i in (1, 2))
+    else:
+        scale, bias = ctx.x(1), ctx.x(2)
+    return f"F.group_norm({ctx.x(0)}, {groups}, {scale}, {bias}, {_eps(ctx)})"
 
 
 @register_op("RMSNormalization", since=23)
@@ -151,10 +178,12 @@ def rms_norm(ctx):
 def lp_normalization(ctx):
     p = int(ctx.attr("p", 2))
     a = int(ctx.attr("axis", -1))
+    if p not in (1, 2):
+        raise checks.Contradiction(f"attribute p={p} must be 1 or 2")
     x = ctx.x(0)
-    if p == 1:
-        return f"{x} / torch.sum(torch.abs({x}), dim={a}, keepdim=True)"
-    return f"{x} / torch.linalg.vector_norm({x}, {p}, dim={a}, keepdim=True)"
+    # ONNX gives 0, not 0/0, for an all-zero vector; an eps of the smallest normal number changes no other
+    # result but a subnormal norm
+    return f"F.normalize({x}, {float(p)}, dim={a}, eps=torch.finfo({x}.dtype).tiny)"
 
 
 @register_op("MeanVarianceNormalization", since=9)
