@@ -44,6 +44,8 @@ def _reduce(op: str):
         keep = bool(ctx.attr("keepdims", 1))
         x = ctx.x(0)
         dtype = ctx.dtype(0)
+        if op in ("ReduceMax", "ReduceMin") and _empty(ctx, dims):
+            return _identity(ctx, op, dtype)
         if dtype is not None and dtype.kind == "b" and op in ("ReduceMax", "ReduceMin"):
             x = f"{x}.to(torch.uint8)"
         if template is None:  # torch.prod reduces one dimension at a time
@@ -70,6 +72,27 @@ def reduce_prod(x, dims, keepdim):
 '''
 
 
+def _empty(ctx, dims) -> bool:
+    """A reduction over an axis of size 0 (statically known), which torch.amax/amin refuse."""
+    shape = ctx.shape(0)
+    return shape is not None and any(shape[d] == 0 for d in dims if d < len(shape))
+
+
+def _identity(ctx, op, dtype):
+    """ONNX's ReduceMax/ReduceMin of an empty set: the identity of the reduction, in the output's shape."""
+    out = ctx.out_shape(0)
+    if out is None or not all(isinstance(d, int) for d in out):
+        raise Unsupported("an empty reduction whose output shape is unknown")
+    if dtype is not None and dtype.kind == "b":
+        value = "False" if op == "ReduceMax" else "True"
+    elif dtype is not None and dtype.kind in "iu":
+        value = f"torch.iinfo({ctx.torch_dtype(dtype)}).{'min' if op == 'ReduceMax' else 'max'}"
+    else:
+        value = "float('-inf')" if op == "ReduceMax" else "float('inf')"
+    dt = ctx.torch_dtype(dtype) if dtype is not None else "torch.float32"
+    return f"torch.full({ctx.lit(tuple(out))}, {value}, dtype={dt}, device={ctx.x(0)}.device)"
+
+
 def _runtime_axes(ctx, template):
     """Axes known only at run time (a graph input): empty means all axes, or none with noop_with_empty_axes."""
     x, axes = ctx.x(0), ctx.x(1)
@@ -77,10 +100,19 @@ def _runtime_axes(ctx, template):
         template = ctx.helper("reduce_prod", REDUCE_PROD) + "({x}, {dims}, {keep})"
     keep = bool(ctx.attr("keepdims", 1))
     dims = f"tuple({axes}.tolist()) or tuple(range({x}.dim()))"
-    expr = template.format(x=x, dims=f"({dims})", keep=keep)
     dtype = ctx.dtype(0)
+    op = ctx.op_type
+    shape = ctx.shape(0)
+    if op in ("ReduceMax", "ReduceMin") and shape is not None and 0 in shape:
+        out = ctx.out_shape(0)
+        if out is not None and all(isinstance(d, int) for d in out) and 0 not in out:
+            return _identity(ctx, op, dtype)
     if dtype is not None and dtype.kind == "b":
-        raise Unsupported("boolean input with non-constant axes")
+        if op not in ("ReduceMax", "ReduceMin"):
+            raise Unsupported("boolean input with non-constant axes")
+        expr = template.format(x=f"{x}.to(torch.uint8)", dims=f"({dims})", keep=keep) + ".to(torch.bool)"
+    else:
+        expr = template.format(x=x, dims=f"({dims})", keep=keep)
     if dtype is not None and dtype.kind in "iu" and dtype != np.int64:
         expr += f".to({ctx.torch_dtype(dtype)})"
     if ctx.attr("noop_with_empty_axes", 0):
