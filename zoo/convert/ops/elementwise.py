@@ -19,7 +19,7 @@ _UNARY = {
     "Cos": "torch.cos({x})", "Tan": "torch.tan({x})", "Asin": "torch.asin({x})", "Acos": "torch.acos({x})",
     "Atan": "torch.atan({x})", "Sinh": "torch.sinh({x})", "Cosh": "torch.cosh({x})", "Asinh": "torch.asinh({x})",
     "Acosh": "torch.acosh({x})", "Atanh": "torch.atanh({x})", "Not": "torch.logical_not({x})",
-    "IsNaN": "torch.isnan({x})", "BitwiseNot": "torch.bitwise_not({x})",
+    "IsNaN": "torch.isnan({x})",
 }
 
 
@@ -49,6 +49,14 @@ for _op, _template in _BINARY.items():
     register_op(_op, since=1)(_binary(_template))
 for _op, _template in _UNARY.items():
     register_op(_op, since=1)(lambda ctx, _t=_template: _t.format(x=ctx.x(0)))
+
+
+@register_op("BitwiseNot", since=18)
+def bitwise_not(ctx):
+    dtype = ctx.dtype(0)
+    if dtype is not None and dtype.name in _WIDEN:  # the cast back wraps, which is the complement
+        return f"torch.bitwise_not({ctx.x(0)}.to(torch.int64)).to({ctx.torch_dtype(dtype)})"
+    return f"torch.bitwise_not({ctx.x(0)})"
 
 
 @register_op("Div", since=1)

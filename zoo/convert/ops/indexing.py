@@ -76,11 +76,25 @@ def compress(ctx):
     return f"{x}.index_select({a}, torch.nonzero({cond}).flatten())"
 
 
+GATHER_ND = '''
+def gather_nd(x, index, batch_dims):
+    # ONNX GatherND whose data and indices share leading batch dimensions: each batch row indexes its own.
+    batch = x.shape[:batch_dims]
+    x, index = x.flatten(0, batch_dims - 1), index.flatten(0, batch_dims - 1)
+    rows = torch.arange(x.shape[0], device=x.device).reshape(-1, *[1] * (index.dim() - 2))
+    return x[(rows, *index.unbind(-1))].unflatten(0, batch)
+'''
+
+
 @register_op("GatherND", since=11)
 def gather_nd(ctx):
-    if ctx.attr("batch_dims", 0):
-        raise Unsupported("batch_dims > 0")
-    return f"{ctx.x(0)}[tuple({ctx.x(1)}.unbind(-1))]"
+    b = checks.integer(ctx, "batch_dims", 0, minimum=0)
+    if b == 0:
+        return f"{ctx.x(0)}[tuple({ctx.x(1)}.unbind(-1))]"
+    ranks = [r for r in (ctx.value(0).rank, ctx.value(1).rank) if r is not None]
+    if ranks and b >= min(ranks):
+        raise checks.Contradiction(f"attribute batch_dims={b} must be smaller than the ranks {ranks} of the inputs")
+    return f"{ctx.helper('gather_nd', GATHER_ND)}({ctx.x(0)}, {ctx.x(1)}, {b})"
 
 
 _REDUCTIONS = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
