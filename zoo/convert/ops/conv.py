@@ -147,3 +147,62 @@ def _functional_conv_transpose(ctx):
             f"padding={ctx.lit(tuple(common))}, output_padding={ctx.lit(tuple(out_pad))}, "
             f"groups={int(ctx.attr('group', 1))}, dilation={ctx.lit(tuple(dilations))})")
     return _crop(expr, begins, ends, common)
+
+
+DEFORM_CONV = '''
+def deform_conv2d(x, weight, offset, bias=None, mask=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                  groups=1, offset_groups=1):
+    # ONNX DeformConv: every kernel tap samples the input bilinearly at its own offset (zero outside the
+    # image) and is scaled by the mask; the samples are then contracted with the weight as a convolution.
+    n, c, h, w = x.shape
+    out_c, _, kh, kw = weight.shape
+    oh, ow = offset.shape[2:]
+    k = kh * kw
+    offset = offset.reshape(n, offset_groups, k, 2, oh, ow)
+    tap = torch.arange(k, device=x.device)
+    rows = (torch.arange(oh, device=x.device) * stride[0] - padding[0]).reshape(-1, 1)
+    cols = torch.arange(ow, device=x.device) * stride[1] - padding[1]
+    y = rows + (tap // kw * dilation[0]).reshape(-1, 1, 1) + offset[:, :, :, 0]
+    xs = cols + (tap % kw * dilation[1]).reshape(-1, 1, 1) + offset[:, :, :, 1]
+    image = x.reshape(n, offset_groups, c // offset_groups, h * w)
+    y0, x0 = torch.floor(y), torch.floor(xs)
+    sampled = 0
+    for yi, xi in ((y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)):
+        weight_i = (1 - (y - yi).abs()) * (1 - (xs - xi).abs()) * ((yi >= 0) & (yi < h) & (xi >= 0) & (xi < w))
+        index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long().flatten(2).unsqueeze(2)
+        values = torch.gather(image, 3, index.expand(-1, -1, c // offset_groups, -1))
+        sampled = sampled + values * weight_i.flatten(2).unsqueeze(2)
+    sampled = sampled.reshape(n, offset_groups, c // offset_groups, k, oh, ow)
+    if mask is not None:
+        sampled = sampled * mask.reshape(n, offset_groups, 1, k, oh, ow)
+    patches = sampled.reshape(n, groups, c // groups * k, oh * ow)
+    out = torch.einsum("gok,ngkp->ngop", weight.reshape(groups, out_c // groups, -1), patches)
+    out = out.reshape(n, out_c, oh, ow)
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+'''
+
+
+@register_op("DeformConv", since=19)
+def deform_conv(ctx):
+    shape = ctx.shape(1)
+    if shape is None or len(shape) != 4:
+        raise Unsupported("DeformConv other than 2-d, or with a weight of unknown rank")
+    _, kernel, strides, dilations, group = checks.conv_attrs(ctx, shape)
+    offset_groups = checks.integer(ctx, "offset_group", 1, minimum=1)
+    channels = (ctx.shape(0) or (None, None))[1]
+    if checks.is_int(channels) and channels % offset_groups:
+        raise checks.Contradiction(f"attribute offset_group={offset_groups} does not divide the input's "
+                                   f"{channels} channels")
+    begins, _ = auto_pads(ctx, kernel, strides, dilations)
+    args = [ctx.x(0), ctx.x(1), ctx.x(2)]
+    if ctx.has_input(3):
+        args.append(f"bias={ctx.x(3)}")
+    if ctx.has_input(4):
+        args.append(f"mask={ctx.x(4)}")
+    args += [f"stride={ctx.lit(tuple(strides))}", f"padding={ctx.lit(tuple(begins))}",
+             f"dilation={ctx.lit(tuple(dilations))}"]
+    if group != 1:
+        args.append(f"groups={group}")
+    if offset_groups != 1:
+        args.append(f"offset_groups={offset_groups}")
+    return f"{ctx.helper('deform_conv2d', DEFORM_CONV)}({', '.join(args)})"
