@@ -26,7 +26,7 @@ from .ir import Graph, build_graph
 from .loader import load_model
 from .lower import Lowering
 from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
-from .passes import adapt_global_pool, fold_constants, run_passes
+from .passes import adapt_global_pool, dequantize_activations, fold_constants, run_passes
 from .registry import find_handler
 
 
@@ -69,11 +69,13 @@ def _default_name(path: Path) -> str:
 
 
 def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier,
-             structure: bool = True, global_pool: str = "fixed") -> _Compiled:
+             structure: bool = True, global_pool: str = "fixed", dequantize: bool = False) -> _Compiled:
     loaded = load_model(onnx_path)
     graph = run_passes(build_graph(loaded), list(outputs) if outputs else None)
     if global_pool == "adaptive":
         adapt_global_pool(graph)
+    if dequantize:
+        dequantize_activations(graph)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
     lowering = Lowering(graph)
     parts = lowering.run()
@@ -172,7 +174,7 @@ def write_atomically(path: Path, write) -> None:
 def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: str | None = None,
             outputs: Sequence[str] | None = None, classifier: str | None = None, source_name: str | None = None,
             source_sha256: str | None = None, regenerate: str | None = None,
-            structure: bool = True, global_pool: str = "fixed") -> ConversionResult:
+            structure: bool = True, global_pool: str = "fixed", dequantize: bool = False) -> ConversionResult:
     """Convert an ONNX file into ``<out_dir>/<name>.py`` (plain PyTorch) and ``<out_dir>/<name>.safetensors``.
 
     ``outputs`` cuts the graph at the named tensors. ``classifier`` names a generated layer (e.g. ``"fc"``):
@@ -183,6 +185,8 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
     only change the header of the generated file (the build uses them so that a stand-in and the real
     file give byte-identical source). ``global_pool="adaptive"`` turns a pooling whose window covers the
     whole feature map into adaptive pooling (identical at the traced size; other input sizes then work).
+    A quantized (QDQ) graph keeps its activations' fake quantization, so it matches onnxruntime;
+    ``dequantize=True`` drops it for a plain float model (approximate: see README, "Quantized graphs").
     """
     if global_pool not in ("fixed", "adaptive"):
         raise ValueError(f"global_pool must be 'fixed' or 'adaptive', got {global_pool!r}")
@@ -192,7 +196,7 @@ def convert(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *, name: s
         raise ConversionError(f"{path}: name {name!r} is not usable as a module name")
     try:
         compiled = _compile(path, name, outputs, source_name, source_sha256, regenerate, classifier,
-                            structure, global_pool)
+                            structure, global_pool, dequantize)
     except ConversionError:
         raise
     except RecursionError as exc:

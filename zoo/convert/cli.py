@@ -23,6 +23,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--layers", action="store_true", help="only list the graph's layers; convert nothing")
     parser.add_argument("--flat", action="store_true",
                         help="one flat class: no block classes, no restored module tree")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="a quantized graph becomes a plain float model (approximate; drops fake quantization)")
     return parser
 
 
@@ -43,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
             print("error: -o/--out is required", file=sys.stderr)
             return 2
         start = time.perf_counter()
-        result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs, structure=not args.flat)
+        result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs, structure=not args.flat,
+                             dequantize=args.dequantize)
         print(result)
         print(f"  took {time.perf_counter() - start:.2f} s")
         if args.verify:
-            module = api.load(args.onnx, name=args.name, outputs=args.outputs, structure=not args.flat)
+            module = api.load(args.onnx, name=args.name, outputs=args.outputs, structure=not args.flat,
+                             dequantize=args.dequantize)
             report = verification.verify(args.onnx, module, batch_sizes=args.batch_sizes)
             print(report)
             return 0 if report.passed else 1

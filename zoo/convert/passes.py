@@ -238,6 +238,93 @@ def fold_constants(graph: Graph) -> None:
     graph.nodes = kept
 
 
+_QUANT_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def _dequantized(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int, block: int) -> np.ndarray:
+    """ONNX DequantizeLinear of a constant, in numpy: (x - zero) * scale, the difference taken in integers."""
+    rank = x.ndim
+    axis = axis % rank if rank else 0
+
+    def along(c: np.ndarray) -> np.ndarray:
+        if block:
+            return np.repeat(c, block, axis=axis).take(range(x.shape[axis]), axis=axis)
+        if c.size == 1:
+            return c.reshape(())
+        return c.reshape((-1,) + (1,) * (rank - 1 - axis))
+
+    centred = x.astype(np.int64) - (along(zero).astype(np.int64) if zero is not None else 0)
+    return (centred.astype(np.float32) * along(scale).astype(np.float32)).astype(scale.dtype)
+
+
+def fold_dequantized_weights(graph: Graph) -> None:
+    """DequantizeLinear of a constant integer tensor (a QDQ graph's weights and biases, per tensor, per axis
+    or blocked) becomes that float constant, so the Conv or Gemm after it is an ordinary float layer.
+    Done here rather than by fold_constants, which leaves weights over 2^26 elements to run time."""
+    kept = []
+    for node in graph.nodes:
+        consts = [graph.value(i).const if i else None for i in node.inputs]
+        if node.op_type != "DequantizeLinear" or node.domain or len(consts) < 2 or consts[0] is None \
+                or consts[1] is None or (len(consts) > 2 and node.inputs[2] and consts[2] is None) \
+                or consts[0].dtype.kind not in "iu" or consts[1].dtype.kind != "f" \
+                or node.attrs.get("output_dtype", 0):
+            kept.append(node)
+            continue
+        x, scale, zero = consts[0], consts[1], consts[2] if len(consts) > 2 else None
+        block = int(node.attrs.get("block_size", 0) or 0)
+        per_axis = block or scale.size > 1
+        axis = int(node.attrs.get("axis", 1))
+        try:
+            if per_axis and not -x.ndim <= axis < x.ndim:
+                raise ValueError(f"axis={axis} for rank {x.ndim}")
+            array = _dequantized(x, scale, zero, axis, block)
+        except ValueError as exc:
+            raise ConversionError(f"{graph.where(node)}: scale {scale.shape}, zero point "
+                                  f"{None if zero is None else zero.shape} and attributes axis={axis}, "
+                                  f"block_size={block} do not fit the input {x.shape} ({exc})") from None
+        _set_const(graph, node.outputs[0], array)
+    graph.nodes = kept
+
+
+def fuse_fake_quantize(graph: Graph) -> None:
+    """QuantizeLinear -> DequantizeLinear on a float32 activation, with the same constant scale and zero point
+    (a QDQ graph's activations), becomes one ``FakeQuantize`` node: torch.fake_quantize_*_affine, whose
+    gradient passes straight through, so the model can be fine-tuned quantization-aware."""
+    producer = graph.producer_of()
+    for i, node in enumerate(graph.nodes):
+        q = producer.get(node.inputs[0]) if node.op_type == "DequantizeLinear" and not node.domain else None
+        if q is None or q.op_type != "QuantizeLinear" or q.domain or len(q.inputs) < 3 or len(node.inputs) < 3 \
+                or q.attrs.get("block_size") or node.attrs.get("block_size"):
+            continue
+        qs, qz = graph.value(q.inputs[1]).const, graph.value(q.inputs[2]).const
+        ds, dz = graph.value(node.inputs[1]).const, graph.value(node.inputs[2]).const
+        x = graph.value(q.inputs[0])
+        if any(c is None for c in (qs, qz, ds, dz)) or x.dtype != np.float32 or qs.dtype != np.float32 \
+                or qz.dtype.name not in _QUANT_RANGES or graph.value(node.outputs[0]).dtype not in (None, np.float32):
+            continue
+        if not (np.array_equal(qs, ds) and np.array_equal(qz, dz) and qz.dtype == dz.dtype and qs.shape == qz.shape
+                and qs.ndim <= 1 and np.all(qs > 0)):
+            continue
+        if qs.size > 1 and int(q.attrs.get("axis", 1)) != int(node.attrs.get("axis", 1)):
+            continue
+        low, high = _QUANT_RANGES[qz.dtype.name]
+        graph.nodes[i] = Node("FakeQuantize", "zoo", node.name, [q.inputs[0], node.inputs[1], node.inputs[2]],
+                              list(node.outputs), {"axis": int(node.attrs.get("axis", 1)), "quant_min": low,
+                                                   "quant_max": high}, 1)
+
+
+def dequantize_activations(graph: Graph) -> None:
+    """``dequantize=True``: a plain float model. Fake quantization goes; where its range starts at zero (the
+    quantizer dropped a ReLU into it) a ReLU stays. Approximate: rounding and the upper clamp are gone."""
+    for i, node in enumerate(graph.nodes):
+        if node.op_type != "FakeQuantize" or node.domain != "zoo":
+            continue
+        at_bottom = bool(np.all(graph.value(node.inputs[2]).const == node.attrs["quant_min"]))
+        graph.nodes[i] = Node("Relu" if at_bottom else "Identity", "", node.name, node.inputs[:1],
+                              list(node.outputs), {}, 14)
+    forward_identities(graph)
+
+
 def forward_identities(graph: Graph) -> None:
     """Consumers of an Identity read its input directly (torch.onnx.export aliases weights this way)."""
     outputs = set(graph.outputs)
@@ -484,8 +571,10 @@ def adapt_global_pool(graph: Graph) -> None:
 def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
     cut_at(graph, outputs)
     drop_dead_nodes(graph)
+    fold_dequantized_weights(graph)
     fold_constants(graph)
     forward_identities(graph)
+    fuse_fake_quantize(graph)
     fuse_batchnorm_scale(graph)
     fuse_linear_bias(graph)
     fuse_gelu(graph)
@@ -496,4 +585,5 @@ def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
 
 
 __all__ = ["run_passes", "cut_at", "drop_dead_nodes", "fold_constants", "forward_identities",
+           "fold_dequantized_weights", "fuse_fake_quantize", "dequantize_activations",
            "fuse_batchnorm_scale", "generalize_batch", "fuse_channel_shuffle"]

@@ -1,9 +1,8 @@
-"""ONNX Attention (opset 23+) through a plain-PyTorch helper function emitted into the generated file."""
+"""ONNX Attention and RotaryEmbedding (opset 23+) through plain-PyTorch helper functions emitted into the generated file."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import Unsupported
 from ..lower import Multi
 from ..registry import register_op
 from .activation import LOW_PRECISION_SOFTMAX
@@ -96,52 +95,6 @@ def attention(ctx):
         n = len(ctx.node.outputs)
         return Multi(call if n == 4 else f"{call}[:{n}]")
     return f"{call}[0]"
-
-
-def _per_axis(ctx, value: str, index: int, axis_attr: int) -> str:
-    """A 1-d scale or zero point broadcast along ``axis`` of input 0."""
-    shape = ctx.shape(index)
-    if not shape or len(shape) == 0 or (len(shape) == 1 and shape[0] == 1):
-        return value
-    if len(shape) != 1:
-        raise Unsupported("blocked quantization")
-    rank = ctx.rank(0)
-    axis = axis_attr % rank
-    return f"{value}.reshape({ctx.lit((-1,) + (1,) * (rank - 1 - axis))})"
-
-
-_RANGES = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767),
-           "int32": (-2**31, 2**31 - 1)}
-
-
-@register_op("QuantizeLinear", since=10)
-def quantize_linear(ctx):
-    if ctx.attr("block_size", 0):
-        raise Unsupported("blocked quantization")
-    out = ctx.out_dtype(0)
-    if out is None or out.name not in _RANGES:
-        raise Unsupported(f"quantizing to {out}")
-    low, high = _RANGES[out.name]
-    axis = int(ctx.attr("axis", 1))
-    x = ctx.x(0)
-    scale = _per_axis(ctx, ctx.x(1), 1, axis)
-    q = f"torch.round({x} / {scale})"
-    if ctx.has_input(2):
-        q += f" + {_per_axis(ctx, ctx.x(2), 2, axis)}"
-    return f"torch.clamp({q}, {low}, {high}).to({ctx.torch_dtype(out)})"
-
-
-@register_op("DequantizeLinear", since=10)
-def dequantize_linear(ctx):
-    if ctx.attr("block_size", 0):
-        raise Unsupported("blocked quantization")
-    axis = int(ctx.attr("axis", 1))
-    out = ctx.out_dtype(0)
-    dtype = ctx.torch_dtype(out) if out is not None else "torch.float32"
-    x = f"{ctx.x(0)}.to(torch.float32)"
-    if ctx.has_input(2):
-        x = f"({x} - {_per_axis(ctx, ctx.x(2), 2, axis)}.to(torch.float32))"
-    return f"({x} * {_per_axis(ctx, ctx.x(1), 1, axis)}).to({dtype})"
 
 
 ROTARY = '''
