@@ -124,7 +124,8 @@ def conv_attrs(ctx, weight_shape: Sequence | None, *, transpose: bool = False):
     if n not in (1, 2, 3):
         raise Unsupported(f"{n}-d convolution")
     w = f"the weight's shape {weight_shape}"
-    same_dtype(ctx, (0, 1, 2), "X, W and B")
+    if ctx.op_type in ("Conv", "ConvTranspose"):  # integer convolutions mix types by design
+        same_dtype(ctx, (0, 1, 2), "X, W and B")
     kernel_w = list(weight_shape[2:])
     kernel = ints(ctx, "kernel_shape", length=n, minimum=1, implied=w)
     if kernel is None:

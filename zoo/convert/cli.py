@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         start = time.perf_counter()
         result = api.convert(args.onnx, args.out, name=args.name, outputs=args.outputs, structure=not args.flat,
-                             dequantize=args.dequantize)
+                              dequantize=args.dequantize)
         print(result)
         print(f"  took {time.perf_counter() - start:.2f} s")
         if args.verify:
             module = api.load(args.onnx, name=args.name, outputs=args.outputs, structure=not args.flat,
-                             dequantize=args.dequantize)
+                              dequantize=args.dequantize)
             report = verification.verify(args.onnx, module, batch_sizes=args.batch_sizes)
             print(report)
             return 0 if report.passed else 1

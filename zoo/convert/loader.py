@@ -117,12 +117,11 @@ def load_model(onnx_path: str | os.PathLike, weights_apart: bool = True) -> Load
         external_data_helper.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
         raise ConversionError(f"{path}: cannot read external data ({exc})") from exc
-    light = without_weights(proto, weights)
     # IR 3 wanted every initializer declared as a graph input; onnxruntime's quantizer adds scales and zero
-    # points to IR-3 files without declaring them, and onnxruntime runs such files: so do we.
-    light.ir_version = max(light.ir_version, 4)
+    # points to IR-3 files without declaring them, and onnxruntime runs such files. IR 4 reads them alike.
+    proto.ir_version = max(proto.ir_version, 4)
     try:
-        onnx.checker.check_model(light)
+        onnx.checker.check_model(without_weights(proto, weights))
     except Exception as exc:
         raise ConversionError(f"{path}: fails onnx.checker: {exc}") from exc
     return LoadedModel(proto=proto, path=path, sha256=sha256, weights=weights)

@@ -33,9 +33,9 @@ def needs_refining(values: dict, names: list[str], declared: set[str]) -> list[s
     out = []
     for name in names:
         v = values.get(name)
-        if v is None or v.const is not None:
+        if v is not None and v.const is not None:
             continue
-        if v.shape is None or v.dtype is None or any(_is_unknown(d, declared) for d in v.shape):
+        if v is None or v.shape is None or v.dtype is None or any(_is_unknown(d, declared) for d in v.shape):
             out.append(name)
     return out
 

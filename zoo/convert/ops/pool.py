@@ -6,6 +6,8 @@ exact whenever the difference is a multiple of the stride; otherwise the input i
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import checks
 from ..errors import Unsupported
 from ..registry import register_op
@@ -62,8 +64,8 @@ def _ceil_extra(ctx, kernel, strides, dilations, begins, ends) -> list[int] | No
     return extra
 
 
-def _dilated_average(ctx, kernel, strides, dilations, begins, ends):
-    args = [ctx.x(0), ctx.lit(tuple(kernel)), ctx.lit(tuple(strides)), ctx.lit(tuple(dilations)),
+def _dilated_average(ctx, kernel, strides, dilations, begins, ends, x: str):
+    args = [x, ctx.lit(tuple(kernel)), ctx.lit(tuple(strides)), ctx.lit(tuple(dilations)),
             ctx.lit(torch_pad(begins, ends))]
     if ctx.attr("ceil_mode", 0):
         extra = _ceil_extra(ctx, kernel, strides, dilations, begins, ends)
@@ -75,7 +77,9 @@ def _dilated_average(ctx, kernel, strides, dilations, begins, ends):
     return f"{ctx.helper('avg_pool', AVG_POOL)}({', '.join(args)})"
 
 
-def _pool(ctx, kind: str):
+def _pool(ctx, kind: str, x: str | None = None):
+    """``x``: the input expression, when it is not input 0 as it stands (a dequantized input)."""
+    x = x or ctx.x(0)
     rank = ctx.rank(0)
     n = rank - 2
     if n not in (1, 2, 3):
@@ -86,7 +90,7 @@ def _pool(ctx, kind: str):
     ceil = bool(ctx.attr("ceil_mode", 0))
     include_pad = bool(ctx.attr("count_include_pad", 0))
     if kind == "avg" and any(d != 1 for d in dilations):
-        return _dilated_average(ctx, kernel, strides, dilations, begins, ends)
+        return _dilated_average(ctx, kernel, strides, dilations, begins, ends, x)
 
     pad = [max(b, e) for b, e in zip(begins, ends)]
     crop = [((p - b) // s, (p - e) // s) for p, b, e, s in zip(pad, begins, ends, strides)]
@@ -110,7 +114,6 @@ def _pool(ctx, kind: str):
         return args
 
     cls = f"nn.{'MaxPool' if kind == 'max' else 'AvgPool'}{n}d"
-    x = ctx.x(0)
     if ctx.output_used(1):
         if not fits or any(b or e for b, e in crop):
             raise Unsupported("the Indices output with padding PyTorch's max_pool cannot take")
@@ -132,7 +135,9 @@ def _pool(ctx, kind: str):
     args = ", ".join(arguments([0] * n))
     crop = _ceil_crop(ctx, kernel, strides, dilations, begins, ends) if ceil else ""
     if kind == "max":
-        return f"{fn}(F.pad({x}, {padding}, value=float('-inf')), {args}){crop}"
+        dtype = ctx.dtype(0)  # QOperator graphs max-pool uint8 and int8 tensors
+        lowest = str(int(np.iinfo(dtype).min)) if dtype is not None and dtype.kind in "iu" else "float('-inf')"
+        return f"{fn}(F.pad({x}, {padding}, value={lowest}), {args}){crop}"
     pooled = f"{fn}(F.pad({x}, {padding}), {args})"
     if include_pad:
         return pooled + crop
