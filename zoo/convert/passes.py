@@ -245,6 +245,13 @@ def _dequantized(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis
     """ONNX DequantizeLinear of a constant, in numpy: (x - zero) * scale, the difference taken in integers."""
     rank = x.ndim
     axis = axis % rank if rank else 0
+    if zero is not None and zero.shape != scale.shape:
+        raise ValueError("the zero point's shape differs from the scale's")
+    if block and (scale.ndim != rank or scale.shape[axis] != -(-x.shape[axis] // block)
+                  or any(s != d for i, (s, d) in enumerate(zip(scale.shape, x.shape)) if i != axis)):
+        raise ValueError(f"blocks of {block} along axis {axis} need a scale of {-(-x.shape[axis] // block)} there")
+    if not block and scale.size > 1 and (scale.ndim != 1 or scale.size != x.shape[axis]):
+        raise ValueError(f"a per-axis scale needs {x.shape[axis]} values")
 
     def along(c: np.ndarray) -> np.ndarray:
         if block:
