@@ -28,25 +28,26 @@ sys.modules["zoo_quantized"] = quantized
 _spec.loader.exec_module(quantized)
 
 RNG = np.random.default_rng(0)
-# A float model rounds its convolutions' sums in another order than onnxruntime's integer kernels: an
-# activation near a rounding boundary lands one step apart, and deep graphs carry that on (README).
-QDQ_STEPS = 4
+# Float arithmetic rounds sums in another order than onnxruntime's kernels: an activation near a rounding
+# boundary lands one step apart and deep graphs carry that on. QDQ convolutions are float by design; QOperator
+# graphs keep float ops between their integer ones (BatchNorm, pooling). Each QLinear op alone is exact (below).
+STEPS = 4
 # The light stand-ins, each with one cell of the matrix in turn (the big three: scripts/quantized.py).
 ROTATION = [("squeezenet1_1", "QOperator", True), ("shufflenet", "QDQ", True), ("googlenet", "QOperator", False),
             ("densenet121", "QDQ", False), ("inception_v2", "QOperator", True), ("resnet50", "QDQ", True)]
 
 
-def _check(path: Path, fmt: str, **options) -> torch.nn.Module:
+def _check(path: Path, **options) -> torch.nn.Module:
     module = load(path, **options)
     steps = quantized.steps_from_onnxruntime(path, module)
-    assert steps <= (0 if fmt == "QOperator" else QDQ_STEPS), f"{steps} quantization steps from onnxruntime"
+    assert steps <= STEPS, f"{steps} quantization steps from onnxruntime"
     return module
 
 
 @pytest.mark.parametrize("name, fmt, per_channel", ROTATION, ids=[f"{n}-{f}-{'pc' if c else 'pt'}" for n, f, c in ROTATION])
 def test_quantized_standin_matches_onnxruntime(cut_standins, tmp_path, name, fmt, per_channel):
     path = quantized.quantize(cut_standins[name], tmp_path / "q.onnx", fmt, per_channel)
-    module = _check(path, fmt)
+    module = _check(path)
     source = Path(sys.modules[type(module).__module__].__file__).read_text()
     if fmt == "QDQ":  # the float layers the quantizer started from, float weights, fake-quantized activations
         assert "nn.Conv2d(" in source and "fake_quantize_per_tensor_affine" in source
@@ -71,7 +72,7 @@ def torchvision_exports(tmp_path_factory):
                                                     ("efficientnet_b0", "QDQ", True)])
 def test_quantized_torchvision_matches_onnxruntime(torchvision_exports, tmp_path, name, fmt, per_channel):
     path = quantized.quantize(torchvision_exports[name], tmp_path / "q.onnx", fmt, per_channel)
-    _check(path, fmt)
+    _check(path)
 
 
 def test_dequantize_gives_the_float_model_back(torchvision_exports, tmp_path):

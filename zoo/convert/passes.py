@@ -245,7 +245,7 @@ def _dequantized(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis
     """ONNX DequantizeLinear of a constant, in numpy: (x - zero) * scale, the difference taken in integers."""
     rank = x.ndim
     axis = axis % rank if rank else 0
-    if zero is not None and zero.shape != scale.shape:
+    if zero is not None and zero.shape != scale.shape and not zero.size == scale.size == 1:
         raise ValueError("the zero point's shape differs from the scale's")
     if block and (scale.ndim != rank or scale.shape[axis] != -(-x.shape[axis] // block)
                   or any(s != d for i, (s, d) in enumerate(zip(scale.shape, x.shape)) if i != axis)):
@@ -321,14 +321,21 @@ def fuse_fake_quantize(graph: Graph) -> None:
 
 
 def dequantize_activations(graph: Graph) -> None:
-    """``dequantize=True``: a plain float model. Fake quantization goes; where its range starts at zero (the
-    quantizer dropped a ReLU into it) a ReLU stays. Approximate: rounding and the upper clamp are gone."""
+    """``dequantize=True``: a plain float model. Fake quantization becomes a clamp to its range: rounding goes,
+    the range stays, since the quantizer folds ReLU and ReLU6 into it. Approximate by the rounding."""
     for i, node in enumerate(graph.nodes):
         if node.op_type != "FakeQuantize" or node.domain != "zoo":
             continue
-        at_bottom = bool(np.all(graph.value(node.inputs[2]).const == node.attrs["quant_min"]))
-        graph.nodes[i] = Node("Relu" if at_bottom else "Identity", "", node.name, node.inputs[:1],
-                              list(node.outputs), {}, 14)
+        scale, zero = graph.value(node.inputs[1]).const, graph.value(node.inputs[2]).const.astype(np.float32)
+        if scale.size != 1:
+            graph.nodes[i] = Node("Identity", "", node.name, node.inputs[:1], list(node.outputs), {}, 14)
+            continue
+        bounds = []
+        for end in ("min", "max"):
+            name = f"{node.outputs[0]}_{end}"
+            _set_const(graph, name, ((np.float32(node.attrs[f"quant_{end}"]) - zero) * scale).reshape(()))
+            bounds.append(name)
+        graph.nodes[i] = Node("Clip", "", node.name, [node.inputs[0]] + bounds, list(node.outputs), {}, 13)
     forward_identities(graph)
 
 
