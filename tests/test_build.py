@@ -16,6 +16,7 @@ from zoo.build import BuildError, Options, build, publish_entry
 from zoo.registry import DEFAULT_REGISTRY, load_registry
 
 from .conftest import ZOO_MODELS, export, randomize_
+from .servers import WritableHub
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "zoo" / "models"
@@ -149,13 +150,14 @@ def test_standins_are_never_pushed_to_a_real_hub(offline_build, tmp_path):
     loopback = RecordingPublisher("http://127.0.0.1:9999")
     with pytest.raises(BuildError, match="--push needs a Hub namespace"):
         publish_entry(entry, opts.out / "resnet50", Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json"))
-    revision = publish_entry(entry, opts.out / "resnet50",
-                             Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json", namespace="someone"))
-    pins = json.loads((tmp_path / "p.json").read_text())
-    assert pins["resnet50"]["revision"] == revision == "f" * 40 and pins["resnet50"]["standin"] is True
-    assert pins["resnet50"]["repo"] == "someone/resnet50" and pins["resnet50"]["namespace"] == "someone"
-    assert loopback.calls[-1][1] == "someone/resnet50"
-    assert len(pins["resnet50"]["sha256"]) == 64
+    with WritableHub() as hub:  # a publisher that claims success for an upload the Hub does not serve
+        loopback.endpoint = hub.url
+        with pytest.raises(BuildError, match=r"(?s)resnet50: uploaded, but not as built: someone/resnet50@f{40} on "
+                                              r"http://127.0.0.1:\d+: downloading model.safetensors back failed "
+                                              r"\(RepositoryNotFoundError.*p.json not changed"):
+            publish_entry(entry, opts.out / "resnet50",
+                          Options(out=opts.out, publisher=loopback, pins=tmp_path / "p.json", namespace="someone"))
+    assert loopback.calls[-1][1] == "someone/resnet50" and not (tmp_path / "p.json").exists()
 
 
 class Crash(Exception):

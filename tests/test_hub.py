@@ -1,8 +1,10 @@
 """Pretrained weights through the real huggingface_hub client against a loopback Hub (olah)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +186,81 @@ def test_hub_repository_naming_an_unknown_architecture_is_refused(hub, tmp_path)
     hub["server"].publisher().publish(folder, "someone/evil", "unknown architecture")
     with pytest.raises(WeightsError, match=r"architecture 'os.system', which is not a model of this zoo's registry"):
         zoo.create_model("hf-hub:someone/evil")
+
+
+# --- publishing through huggingface_hub.HfApi itself, to a writable loopback Hub ---------------------------
+
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory):
+    """squeezenet1_1 built once from its stand-in, and a writable loopback Hub for `build.py --push`."""
+    from .servers import WritableHub
+
+    root = tmp_path_factory.mktemp("push")
+    build(Options(out=root / "out", offline=True, models_dir=root / "models", names=["squeezenet1_1"]))
+    with WritableHub() as server:
+        yield server, root
+
+
+def _push(server, root: Path, pins: Path, capsys) -> tuple[int, str]:
+    """`scripts/build.py squeezenet1_1 --offline --push` (the build itself is unchanged, so only the push runs)."""
+    from zoo.build import main
+
+    code = main(["squeezenet1_1", "--offline", "--push", "--namespace", "zoo-test", "--endpoint", server.url,
+                 "--out", str(root / "out"), "--models-dir", str(root / "models"), "--pins", str(pins)])
+    return code, capsys.readouterr().err
+
+
+def test_push_pins_the_revision_only_after_downloading_it_back(writable, tmp_path, capsys):
+    server, root = writable
+    pins = tmp_path / "published.json"
+    pins.write_text('{"other": {"repo": "x/other"}}\n')
+    seen = []  # published.json as it was when the upload was read back
+    server.on_request = lambda method, path: seen.append(pins.read_text()) if "/resolve/" in path else None
+    try:
+        code, err = _push(server, root, pins, capsys)
+    finally:
+        server.on_request = lambda method, path: None
+    assert code == 0, err
+    pin = json.loads(pins.read_text())["squeezenet1_1"]
+    built = json.loads((root / "out" / "squeezenet1_1" / "build.json").read_text())
+    assert pin == {"namespace": "zoo-test", "repo": "zoo-test/squeezenet1_1", "revision": server.head(pin["repo"]),
+                   "sha256": built["weights_sha256"], "standin": True}
+    assert json.loads(pins.read_text())["other"] == {"repo": "x/other"}
+    assert seen and set(seen) == {'{"other": {"repo": "x/other"}}\n'}  # not pinned while being verified
+    files = server.repos[pin["repo"]]["commits"][pin["revision"]]
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
+    assert hashlib.sha256(files["model.safetensors"]).hexdigest() == pin["sha256"]
+    commits = [p for m, p in server.requests if m == "POST" and "/commit/" in p]
+    assert len(commits) == 1  # the three files arrive in one commit
+
+
+@pytest.mark.parametrize("fault", ["500 on the commit", "connection dropped", "corrupted download"])
+def test_a_failed_or_unfaithful_upload_leaves_published_json_unchanged(writable, fault, tmp_path, capsys):
+    server, root = writable
+    pins = tmp_path / "published.json"
+    before = '{"squeezenet1_1": {"repo": "zoo-test/squeezenet1_1", "revision": "' + "a" * 40 + '"}}\n'
+    pins.write_text(before)
+    head = server.head("zoo-test/squeezenet1_1")
+    if fault == "500 on the commit":
+        server.fail_commits = 99  # huggingface_hub does not retry a commit; the rest are never asked for
+    elif fault == "connection dropped":
+        server.drop_commits = 99
+    else:
+        server.corrupt.add("model.safetensors")
+    try:
+        code, err = _push(server, root, pins, capsys)
+    finally:
+        server.fail_commits = server.drop_commits = 0
+        server.corrupt.clear()
+    assert code == 1 and pins.read_text() == before
+    assert f"{pins} not changed" in err, err
+    if fault == "corrupted download":
+        assert server.head("zoo-test/squeezenet1_1") != head  # the commit landed; the pin refuses it
+        assert re.search(r"squeezenet1_1: uploaded, but not as built: zoo-test/squeezenet1_1@[0-9a-f]{40} on "
+                         r"http://127.0.0.1:\d+: model.safetensors downloaded back has sha256 [0-9a-f]{64}, the build "
+                         r"wrote [0-9a-f]{64}", err), err
+    else:
+        assert server.head("zoo-test/squeezenet1_1") == head
+        reason = r"HfHubHTTPError: Server error '500 Internal Server Error'" if fault == "500 on the commit" else r"RemoteProtocolError"
+        assert re.search(rf"squeezenet1_1: upload to zoo-test/squeezenet1_1 on http://127.0.0.1:\d+ failed "
+                         rf"\({reason}", err), err

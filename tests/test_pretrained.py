@@ -182,3 +182,92 @@ def test_committed_source_and_upstream_graph_disagree(server, standins, tmp_path
     with pytest.raises(WeightsError, match=r"squeezenet1_1: the committed source and the upstream graph "
                                            r"squeezenet1.0-9.onnx disagree, first at '.*conv10.weight'"):
         zoo.squeezenet1_1(pretrained=True)
+
+
+# --- kill -9 during a first load ------------------------------------------------------------------------
+
+KILLED_LOAD = """
+import zoo, zoo.build, zoo.rebuild  # imported before 'ready', so the delays fall inside the load itself
+print("ready", flush=True)
+zoo.squeezenet1_1(pretrained=True)
+"""
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode() + value.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _cache_state(cache: Path, entry) -> str:
+    """Where a killed load stopped, judged from the cache; a half-written file under a final name fails."""
+    source = cache / "sources" / entry.source.sha256 / entry.source.file
+    if source.exists():
+        assert file_sha256(source) == entry.source.sha256, "a half-written ONNX file under its final name"
+    parent = cache / entry.name / entry.source.sha256
+    folders = [p for p in parent.glob("*") if not p.name.startswith(".")]
+    if folders:
+        (folder,) = folders
+        assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors", "model.safetensors.sha256"], \
+            sorted(p.name for p in folder.iterdir())
+        assert file_sha256(folder / "model.safetensors") == (folder / "model.safetensors.sha256").read_text().strip(), \
+            "half-written weights beside a checksum"
+        return "whole"
+    if any(parent.glob(".rebuild-*")):
+        return "converting"
+    if source.exists():
+        return "fetched"
+    return "downloading" if any(source.parent.glob("*.partial")) else "nothing"
+
+
+def test_a_first_load_killed_with_sigkill_leaves_the_cache_absent_or_whole(server, standins, tmp_path, monkeypatch):
+    """SIGKILL a first pretrained=True load (fetch, convert, cache) in a child process at growing delays.
+    After each kill the cache holds the weights whole or not at all, and a load from a copy of that cache
+    succeeds with the same weights as an unkilled load and leaves no temporary files behind."""
+    import signal
+
+    registry = write_registry(tmp_path / "zoo", standins, lambda f: [f"{server.url}/{f}"])
+    env = use_registry(monkeypatch, registry, tmp_path)
+    entry = load_registry().entry("squeezenet1_1")
+    reference = _weights_digest(zoo.squeezenet1_1(pretrained=True))  # an unkilled load, in its own cache
+    cache = tmp_path / "killed-cache"
+    child_env = {**os.environ, **env, "ZOO_CACHE": str(cache)}
+    states, delay, kills = [], 0.01, 0
+    while True:
+        child = subprocess.Popen([sys.executable, "-c", KILLED_LOAD], env=child_env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        assert child.stdout.readline().strip() == b"ready", child.stderr.read()[-2000:]
+        try:
+            finished = child.wait(timeout=delay) == 0 if delay else child.wait(timeout=600) == 0
+            assert finished, child.stderr.read()[-2000:]
+        except subprocess.TimeoutExpired:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            finished, kills = False, kills + 1
+        child.stdout.close()
+        child.stderr.close()
+        state = _cache_state(cache, entry)
+        states.append(state)
+        # The next load, from a copy of exactly what the kill left: it must work and give the same weights.
+        copy = tmp_path / f"after-kill-{len(states)}"
+        if cache.exists():
+            shutil.copytree(cache, copy, symlinks=True)
+        monkeypatch.setenv("ZOO_CACHE", str(copy))
+        assert _weights_digest(zoo.squeezenet1_1(pretrained=True)) == reference, f"after a kill at {delay} s ({state})"
+        assert _cache_state(copy, entry) == "whole"
+        debris = [p.relative_to(copy) for p in copy.rglob("*") if p.name.startswith(".") and p.suffix != ".lock"
+                  or p.name.endswith((".tmp", ".partial"))]
+        assert not debris, f"the load after a kill at {delay} s ({state}) left {debris}"
+        shutil.rmtree(copy)
+        if finished:
+            break
+        # Past the install the load only reads the cache: after a kill there, let one load finish.
+        delay = None if state == "whole" else delay * 1.4
+        if state == "whole":  # start the next kill from an empty cache again, keeping any debris
+            shutil.rmtree(cache / entry.name / entry.source.sha256 / next(
+                p.name for p in (cache / entry.name / entry.source.sha256).iterdir() if not p.name.startswith(".")))
+            (cache / "sources" / entry.source.sha256 / entry.source.file).unlink()
+    print("kill -9 of a first load:", kills, "kills,", {s: states.count(s) for s in dict.fromkeys(states)})
+    assert finished and kills >= 5 and states[-1] == "whole", (kills, states)
+    assert {"nothing", "whole"} <= set(states) and len(set(states)) >= 3, states

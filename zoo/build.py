@@ -30,7 +30,7 @@ from .convert import ConversionError, ConversionResult, convert, verify
 from .convert.api import instantiate
 from .download import DownloadError, check_file, default_cache, fetch, file_sha256
 from .registry import Entry, RegistryError, load_registry, models_dir
-from .hub import HubPublisher
+from .hub import HubPublisher, PublishError, verify_upload
 from .standins import build_standin
 
 log = logging.getLogger("zoo")
@@ -286,8 +286,18 @@ def publish_entry(entry: Entry, folder: Path, opts: Options) -> str:
                          "stand-ins may only go to a loopback test Hub")
     ns = namespace(opts)
     repo = f"{ns}/{entry.name}"
-    revision = publisher.publish(folder, repo, f"zoo {__version__}: {entry.name} from {entry.source.file}")
     pins_file = opts.pins or models_dir(opts.registry) / "published.json"
+    where = f"{repo} on {publisher.endpoint or 'the Hugging Face Hub'}"
+    try:
+        revision = publisher.publish(folder, repo, f"zoo {__version__}: {entry.name} from {entry.source.file}")
+    except Exception as exc:  # any failure of the upload: report it, and the pin stays as it was
+        raise BuildError(f"{entry.name}: upload to {where} failed ({type(exc).__name__}: {exc}); "
+                         f"{pins_file} not changed") from None
+    try:
+        verify_upload(repo, revision, stamp["weights_sha256"], endpoint=publisher.endpoint,
+                      token=getattr(publisher, "token", None))
+    except PublishError as exc:
+        raise BuildError(f"{entry.name}: uploaded, but not as built: {exc}; {pins_file} not changed") from None
     pins = json.loads(pins_file.read_text()) if pins_file.is_file() else {}
     pins[entry.name] = {"namespace": ns, "repo": repo, "revision": revision, "sha256": stamp["weights_sha256"],
                         "standin": stamp["standin"]}

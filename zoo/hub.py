@@ -18,8 +18,12 @@ from .weights import WeightsError
 FILES = ("model.safetensors", "config.json", "README.md")
 
 
+class PublishError(RuntimeError):
+    """An upload did not arrive whole; the message names the repository, the revision and what differed."""
+
+
 class HubPublisher:
-    """Publishes a folder with huggingface_hub: create the repository if needed, upload the folder."""
+    """Publishes a folder with huggingface_hub: create the repository if needed, then one commit."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None):
         self.endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
@@ -27,16 +31,38 @@ class HubPublisher:
 
     def publish(self, folder: Path, repo: str, message: str, *, private: bool = False,
                 revision: str | None = None) -> str:
-        """Upload the folder's files to the repo; return the commit revision."""
-        from huggingface_hub import HfApi
+        """Upload the folder's files to the repo in a single commit; return its revision."""
+        from huggingface_hub import CommitOperationAdd, HfApi
 
         api = HfApi(endpoint=self.endpoint, token=self.token)
         api.create_repo(repo, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo, branch=revision, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message=message, revision=revision,
-                                 allow_patterns=list(FILES))
+        # One create_commit, not upload_folder: with hf_xet installed upload_folder may split a folder into
+        # several commits, and an interrupted one would leave new weights beside an old config on the branch.
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(Path(folder) / name))
+                      for name in FILES if (Path(folder) / name).is_file()]
+        info = api.create_commit(repo, operations, commit_message=message, revision=revision)
         return info.oid
+
+
+def verify_upload(repo: str, revision: str, sha256: str, *, endpoint: str | None = None,
+                  token: str | None = None, filename: str = "model.safetensors") -> None:
+    """Download ``filename`` of ``repo@revision`` back (into a scratch cache, not the user's) and check
+    its sha256: an upload counts as published only once the Hub serves the bytes that were built."""
+    from huggingface_hub import hf_hub_download
+
+    from .download import file_sha256
+
+    where = f"{repo}@{revision} on {endpoint or 'the Hugging Face Hub'}"
+    with tempfile.TemporaryDirectory(prefix="zoo-verify-") as tmp:
+        try:
+            path = hf_hub_download(repo, filename, revision=revision, endpoint=endpoint, token=token, cache_dir=tmp)
+        except Exception as exc:  # whatever the reason, the upload is unverified
+            raise PublishError(f"{where}: downloading {filename} back failed ({type(exc).__name__}: {exc})") from None
+        actual = file_sha256(path)
+    if actual != sha256:
+        raise PublishError(f"{where}: {filename} downloaded back has sha256 {actual}, the build wrote {sha256}")
 
 
 def save_pretrained(model, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -114,4 +140,4 @@ def from_hub(spec: str, *, num_classes: int | None = None):
     return model
 
 
-__all__ = ["push_to_hub", "save_pretrained", "from_hub", "HubPublisher"]
+__all__ = ["push_to_hub", "save_pretrained", "from_hub", "HubPublisher", "PublishError", "verify_upload"]

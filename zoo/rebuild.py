@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 
 from .download import DownloadError, cache_root, fetch, file_sha256, is_offline, mirrored
@@ -77,24 +77,42 @@ def _fetch(entry: Entry) -> Path:
         raise WeightsError(f"{entry.name}: {exc}") from None
 
 
+def _lock_path(folder: Path) -> str:
+    return str(folder.parent / f".{folder.name}.lock")
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the work folders of loads that were killed; call it holding the entry's lock (only a lock
+    holder makes them, so any there now is a dead process's)."""
+    for stale in folder.parent.glob(f".rebuild-{folder.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def upstream_weights(entry: Entry) -> Path:
     """The model's weights converted from its pinned ONNX file, built on first use and cached."""
     folder = cache_folder(entry)
     found = _cached(folder)
     if found is not None:
+        if any(folder.parent.glob(f".rebuild-{folder.name}-*")):
+            try:  # a load killed after installing the weights left its work folder; it holds no lock now
+                with FileLock(_lock_path(folder), timeout=0):
+                    _sweep(folder)
+            except Timeout:
+                pass  # another load is working there; what it leaves it removes itself
         log.info("%s: weights from the cache, %s (converted from %s)", entry.name, found, entry.source.file)
         return found
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):  # one download and one conversion at a time
+    with FileLock(_lock_path(folder)):  # one download and one conversion at a time
         found = _cached(folder)
         if found is not None:
             return found
+        _sweep(folder)
         from .build import BuildError, convert_entry
 
         log.info("%s: no published weights; fetching %s", entry.name, entry.source.file)
         onnx_path = _fetch(entry)
         log.info("%s: converting %s into the committed module's weights", entry.name, onnx_path)
-        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".rebuild-") as tmp:
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".rebuild-{folder.name}-") as tmp:
             try:
                 _, result = convert_entry(entry, onnx_path, Path(tmp))
             except BuildError as exc:

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from . import shapes
 from .errors import ConversionError
+from .types import check_input_types
 from .loader import LoadedModel, without_weights
 from .settle import settle_ifs
 
@@ -243,7 +244,7 @@ def build_graph(loaded: LoadedModel) -> Graph:
             values.setdefault(out, Value(out))
     if not [o.name for o in g.output]:
         raise ConversionError(f"{loaded.path}: the graph has no outputs")
-    return Graph(
+    graph = Graph(
         nodes=nodes,
         values=values,
         inputs=runtime_inputs,
@@ -253,3 +254,5 @@ def build_graph(loaded: LoadedModel) -> Graph:
         producer=proto.producer_name,
         static_batch_inputs=static,
     )
+    check_input_types(graph)
+    return graph

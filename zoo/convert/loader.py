@@ -120,11 +120,68 @@ def load_model(onnx_path: str | os.PathLike, weights_apart: bool = True) -> Load
     # IR 3 wanted every initializer declared as a graph input; onnxruntime's quantizer adds scales and zero
     # points to IR-3 files without declaring them, and onnxruntime runs such files. IR 4 reads them alike.
     proto.ir_version = max(proto.ir_version, 4)
+    _check_opsets(proto, path)
+    _check_tensors(proto.graph, path)
     try:
         onnx.checker.check_model(without_weights(proto, weights))
     except Exception as exc:
         raise ConversionError(f"{path}: fails onnx.checker: {exc}") from exc
     return LoadedModel(proto=proto, path=path, sha256=sha256, weights=weights)
+
+
+def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:
+    """An ai.onnx opset newer than the installed onnx defines cannot be read faithfully: its ops may have
+    changed meaning, and handlers resolve by the newest opset they know (onnx.checker lets it pass)."""
+    newest = onnx.defs.onnx_opset_version()
+    for op in proto.opset_import:
+        if op.domain in ("", "ai.onnx") and op.version > newest:
+            raise ConversionError(f"{path}: opset import ai.onnx version {op.version} is newer than the {newest} that "
+                                  f"onnx {onnx.__version__} defines; its ops' meaning is unknown here")
+
+
+_SUB_BYTE = {"INT4": 2, "UINT4": 2, "FLOAT4E2M1": 2, "INT2": 4, "UINT2": 4}  # elements per byte
+
+
+def _raw_size(data_type: int, count: int) -> int | None:
+    name = onnx.TensorProto.DataType.Name(data_type) if data_type in onnx.TensorProto.DataType.values() else ""
+    if name in _SUB_BYTE:
+        return -(-count // _SUB_BYTE[name])
+    if name in ("", "UNDEFINED", "STRING"):
+        return None
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+
+
+def _check_tensor(t: onnx.TensorProto, path: Path, what: str) -> None:
+    """The tensor decodes to its declared dtype and dims; a cheap length check for big raw ones."""
+    where = f"{path}: {what} {t.name!r}"
+    if any(d < 0 for d in t.dims):
+        raise ConversionError(f"{where} has negative dims {list(t.dims)}")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return  # checked when its data is read
+    count = int(np.prod(t.dims, dtype=object))
+    if t.HasField("raw_data") and count > SMALL_TENSOR:
+        expected = _raw_size(t.data_type, count)
+        if expected != len(t.raw_data):
+            raise ConversionError(f"{where}: raw_data holds {len(t.raw_data):,} bytes where data_type "
+                                  f"{t.data_type} and dims {list(t.dims)} need {expected if expected is not None else 'none'}")
+        return
+    try:
+        numpy_helper.to_array(t)
+    except Exception as exc:  # onnx raises ValueError, TypeError, KeyError... for what does not decode
+        raise ConversionError(f"{where} (data_type {t.data_type}, dims {list(t.dims)}) does not decode: "
+                              f"{type(exc).__name__}: {exc}") from None
+
+
+def _check_tensors(graph: onnx.GraphProto, path: Path) -> None:
+    """Every initializer and tensor attribute, in subgraphs too, before anything reads one."""
+    for t in graph.initializer:
+        _check_tensor(t, path, "initializer")
+    for node in graph.node:
+        for a in node.attribute:
+            for t in ([a.t] if a.HasField("t") else []) + list(a.tensors):
+                _check_tensor(t, path, f"node {node.name!r} attribute {a.name!r}: tensor")
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                _check_tensors(g, path)
 
 
 def _parse_whole(path: Path) -> tuple[onnx.ModelProto, str]:

@@ -31,6 +31,8 @@ def resize(x, sizes=None, scales=None, axes=None, roi=None, mode="nearest", tran
     sizes, scales, roi = as_list(sizes), as_list(scales), as_list(roi)
     sizes, scales, roi = sizes or None, scales or None, roi or None
     axes = list(range(x.dim())) if axes is None else [a % x.dim() for a in axes]
+    if not axes:  # the handler drops axes whose scale is 1: none left means the input as it is
+        return x
     if sizes is not None:
         scales = [s / x.shape[a] for s, a in zip(sizes, axes)]
         if policy != "stretch":
