@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 
 import pytest
 
@@ -81,3 +83,17 @@ def test_full_disk_is_a_clear_error_and_leaves_no_cache_entry(tmp_path, monkeypa
     with pytest.raises(DownloadError, match="No space left on device"):
         fetch(["http://127.0.0.1:9/m.onnx"], SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path)
     assert "m.onnx" not in _cache_files(tmp_path)
+
+
+def test_a_failed_fetch_removes_only_its_own_copy_and_stale_ones(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not the pinned bytes")
+    folder = tmp_path / "cache" / SHA
+    folder.mkdir(parents=True)
+    busy, stale = folder / ".other-process.tmp", folder / ".killed-process.tmp"
+    busy.write_bytes(b"in progress")
+    stale.write_bytes(b"left by a kill")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    with pytest.raises(DownloadError, match="sha256"):
+        fetch([bad.as_uri()], SHA, filename="m.onnx", cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in folder.iterdir()) == [".other-process.tmp"]

@@ -92,6 +92,20 @@ def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: 
     raise DownloadError(f"{url}: {last}")
 
 
+STALE_COPY_S = 3600
+
+
+def _sweep_stale_copies(folder: Path) -> None:
+    """Copies a killed process left behind; an hour is far longer than any copy in progress takes."""
+    now = time.time()
+    for leftover in folder.glob(".*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_COPY_S:
+                leftover.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size: int | None = None,
           cache_dir: str | os.PathLike | None = None, retries: int = 3, timeout: float = 60.0,
           offline: bool = False) -> Path:
@@ -106,8 +120,10 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
             pass  # corrupted cache entry, already deleted: fetch again
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
+    _sweep_stale_copies(final.parent)
     problems = []
     for url in urls:
+        tmp = None
         try:
             hub = _HUB_URL.match(url)
             local = local_path(url)
@@ -132,8 +148,8 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
             return final
         except Exception as exc:  # try the next URL
             problems.append(f"  {url}: {exc}")
-            for leftover in final.parent.glob(".*.tmp"):
-                leftover.unlink(missing_ok=True)
+            if tmp is not None and tmp != partial:  # only this attempt's copy: another process may be copying
+                tmp.unlink(missing_ok=True)
             if "sha256 mismatch" in str(exc) or "expected" in str(exc):
                 partial.unlink(missing_ok=True)
     raise DownloadError(f"could not fetch {filename} (sha256 {sha256[:12]}...):\n" + "\n".join(problems))
