@@ -194,9 +194,15 @@ def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inp
         _update(values, name, shape, dtype, declared)
     todo = [n for n in shapes.needs_refining(values, todo, declared) if values[n].shape is None]
     symbolic = shapes.symbolic_infer(model) if todo else None
+    # symbolic inference splits evenly where a Split's sizes are computed at run time: keep only the rank
+    guessed = {o for n in model.graph.node if n.op_type == "Split" and len(n.input) > 1 and n.input[1]
+               and (values.get(n.input[1]) is None or values[n.input[1]].const is None) for o in n.output}
     for vi in symbolic.graph.value_info if symbolic is not None else ():
         if vi.name in todo:
-            _update(values, vi.name, *_dims(vi.type), declared)
+            shape, dtype = _dims(vi.type)
+            if vi.name in guessed and shape is not None:
+                shape = (None,) * len(shape)
+            _update(values, vi.name, shape, dtype, declared)
 
 
 def _update(values: dict[str, Value], name: str, shape, dtype, declared: set[str]) -> None:

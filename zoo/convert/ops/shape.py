@@ -286,8 +286,8 @@ def split(ctx):
     if not sizes:
         shape = ctx.shape(0)
         dim = shape[ax] if shape is not None else None
-        if not isinstance(dim, int):
-            raise Unsupported("an even split of a dimension of unknown size")
+        if not isinstance(dim, int):  # chunk's sizes are ONNX's: ceil(dim / n), the last one smaller
+            return Multi(f"torch.chunk({ctx.x(0)}, {n}, dim={ax})")
         chunk = -(-dim // n)
         sizes = [min(chunk, dim - i * chunk) for i in range(n)]
     sizes = [int(v) for v in sizes]
