@@ -343,6 +343,8 @@ def pad(x, pads, axes=None, mode="constant", value=0.0):
         n = x.shape[a]
         index = torch.arange(-b, n + e, device=x.device)
         if mode == "reflect":
+            if max(b, e) >= n and (b or e):  # a reflection needs that many elements beside the edge
+                raise ValueError("Pad: mode reflect needs an axis longer than its pads")
             period = max(2 * (n - 1), 1)
             index = index % period
             index = torch.where(index >= n, period - index, index)
