@@ -192,7 +192,7 @@ def _refine_shapes(model: onnx.ModelProto, values: dict[str, Value], runtime_inp
         return
     for name, (shape, dtype) in (shapes.probe(with_weights(), runtime_inputs, todo) or {}).items():
         _update(values, name, shape, dtype, declared)
-    todo = [n for n in shapes.needs_refining(values, todo, declared) if values[n].shape is None]
+    todo = [n for n in shapes.needs_refining(values, todo, declared) if n not in values or values[n].shape is None]
     symbolic = shapes.symbolic_infer(model) if todo else None
     # symbolic inference splits evenly where a Split's sizes are computed at run time: keep only the rank
     guessed = {o for n in model.graph.node if n.op_type == "Split" and len(n.input) > 1 and n.input[1]
