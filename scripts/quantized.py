@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                         cells.append(f"fails: {str(exc).splitlines()[0][-80:]}")
                         continue
                     seconds = time.perf_counter() - start
-                    cells.append(f"{steps_from_onnxruntime(path, module):.2g} steps ({seconds:.1f} s)")
+                    steps = steps_from_onnxruntime(path, module)
+                    cells.append(f"{steps:.2g} step{'' if steps == 1 else 's'} ({seconds:.1f} s)")
                     path.unlink()
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
