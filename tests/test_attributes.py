@@ -13,7 +13,7 @@ from zoo.convert import ConversionError, layers, load
 from zoo.convert.checks import DEFAULT_BUDGET, memory_budget
 from zoo.convert.ir import build_graph
 from zoo.convert.loader import load_model
-from zoo.convert.passes import fold_constants
+from zoo.convert.folding import fold_constants
 
 from .helpers import make_model, tensor
 

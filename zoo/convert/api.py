@@ -26,7 +26,9 @@ from .ir import Graph, build_graph
 from .loader import load_model
 from .lower import Lowering
 from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
-from .passes import adapt_global_pool, dequantize_activations, fold_constants, run_passes
+from .folding import fold_constants
+from .passes import adapt_global_pool, forward_identities, run_passes
+from .quantized import dequantize_activations
 from .registry import find_handler
 
 
@@ -76,6 +78,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         adapt_global_pool(graph)
     if dequantize:
         dequantize_activations(graph)
+        forward_identities(graph)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
     lowering = Lowering(graph)
     parts = lowering.run()

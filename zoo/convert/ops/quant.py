@@ -1,6 +1,6 @@
 """QuantizeLinear, DequantizeLinear and the activation fake quantization that a Q -> DQ pair becomes.
 
-Constant weights never get here: ``passes.fold_dequantized_weights`` turns them into float weights first, so
+Constant weights never get here: ``quantized.fold_dequantized_weights`` turns them into float weights first, so
 a QDQ graph's Conv and Gemm become ordinary, fine-tunable layers.
 """
 from __future__ import annotations
