@@ -264,3 +264,17 @@ def test_a_failed_or_unfaithful_upload_leaves_published_json_unchanged(writable,
         reason = r"HfHubHTTPError: Server error '500 Internal Server Error'" if fault == "500 on the commit" else r"RemoteProtocolError"
         assert re.search(rf"squeezenet1_1: upload to zoo-test/squeezenet1_1 on http://127.0.0.1:\d+ failed "
                          rf"\({reason}", err), err
+
+
+def test_push_to_hub_reads_the_weights_back(writable, monkeypatch):
+    server, _ = writable
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    model = zoo.create_model("squeezenet1_1", pretrained=False, num_classes=3)
+    revision = zoo.push_to_hub(model, "someone/verified")
+    assert server.repos["someone/verified"]["commits"][revision]["model.safetensors"]
+    server.corrupt.add("model.safetensors")
+    try:
+        with pytest.raises(zoo.hub.PublishError, match=r"someone/verified@[0-9a-f]{40} .*downloaded back has sha256"):
+            zoo.push_to_hub(model, "someone/verified")
+    finally:
+        server.corrupt.clear()

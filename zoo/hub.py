@@ -12,6 +12,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from .convert.api import write_atomically
+from .download import file_sha256
 from .registry import RegistryError, load_registry
 from .weights import WeightsError
 
@@ -51,8 +52,6 @@ def verify_upload(repo: str, revision: str, sha256: str, *, endpoint: str | None
     """Download ``filename`` of ``repo@revision`` back (into a scratch cache, not the user's) and check
     its sha256: an upload counts as published only once the Hub serves the bytes that were built."""
     from huggingface_hub import hf_hub_download
-
-    from .download import file_sha256
 
     where = f"{repo}@{revision} on {endpoint or 'the Hugging Face Hub'}"
     with tempfile.TemporaryDirectory(prefix="zoo-verify-") as tmp:
@@ -94,7 +93,8 @@ def _card(repo: str, config: dict[str, Any]) -> str:
 
 def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | None = None,
                 commit_message: str | None = None, token: str | None = None) -> str:
-    """Upload a zoo model (weights, config.json, model card) to ``repo_id``; return the commit revision.
+    """Upload a zoo model (weights, config.json, model card) to ``repo_id`` in one commit, download the weights
+    back and check their sha256 (a :class:`PublishError` otherwise); return the commit revision.
 
     ``zoo.create_model(f"hf-hub:{repo_id}")`` then rebuilds it from the registry architecture it names.
     """
@@ -108,7 +108,11 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
         config = json.loads((folder / "config.json").read_text())
         (folder / "README.md").write_text(_card(repo_id, config))
         message = commit_message or f"zoo: {config['architecture']} with {config['num_classes']} classes"
-        return HubPublisher(token=token).publish(folder, repo_id, message, private=private, revision=revision)
+        publisher = HubPublisher(token=token)
+        pushed = publisher.publish(folder, repo_id, message, private=private, revision=revision)
+        verify_upload(repo_id, pushed, file_sha256(folder / "model.safetensors"), endpoint=publisher.endpoint,
+                      token=token)
+        return pushed
 
 
 def from_hub(spec: str, *, num_classes: int | None = None):
