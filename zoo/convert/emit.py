@@ -198,7 +198,7 @@ def split_at_layer(graph: Graph, parts: ModuleParts, layer: str) -> tuple[str, l
 
 
 def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, methods: list[Method]) -> str:
-    init = "\n".join(f"        self.{layer.attr} = {layer.ctor}" for layer in parts.layers) or "        pass"
+    init = "".join(f"        self.{layer.attr} = {layer.ctor}\n" for layer in parts.layers)
     blocks = []
     for m in methods:
         args = ", ".join(f"{name}: torch.Tensor" for name in m.args.values())
@@ -220,7 +220,7 @@ def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, meth
         f"class {cls}(nn.Module):\n"
         f"    def __init__(self) -> None:\n"
         f"        super().__init__()\n"
-        f"{init}\n\n"
+        f"{init}\n"
         + "\n".join(blocks)
     )
     check_source(source, graph)
