@@ -45,3 +45,22 @@ def test_generated_code_for_ops_stays_readable(tmp_path):
         onnx.save(cases[name].model, str(path))
         source = convert(path, tmp_path / "out").source_path.read_text()
         assert needle in source, (name, source)
+
+
+def test_uint64_division_on_int64_bits_is_exact():
+    import numpy as np
+    import torch
+
+    from zoo.convert.ops.unsigned import UDIVMOD64
+
+    scope = {"torch": torch}
+    exec(UDIVMOD64, scope)  # noqa: S102 - our own helper source, as the generated file holds it
+    rng = np.random.default_rng(0)
+    edges = np.array([0, 1, 2, 3, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1], dtype=np.uint64)
+    a = np.concatenate([rng.integers(0, 2**64, 5000, dtype=np.uint64), np.repeat(edges, len(edges))])
+    b = np.concatenate([rng.integers(1, 2**64, 2500, dtype=np.uint64), rng.integers(1, 2**20, 2500, dtype=np.uint64),
+                        np.tile(edges, len(edges))])
+    a, b = a[b != 0], b[b != 0]
+    q, r = scope["udivmod64"](torch.from_numpy(a.view(np.int64)), torch.from_numpy(b.view(np.int64)))
+    assert (q.numpy().view(np.uint64) == a // b).all()
+    assert (r.numpy().view(np.uint64) == a % b).all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..errors import Unsupported
 from ..registry import register_op
+from . import unsigned
 
 _BINARY = {
     "Add": "{a} + {b}", "Sub": "{a} - {b}", "Mul": "{a} * {b}",
@@ -40,6 +41,8 @@ def _binary(template: str):
     def handler(ctx):
         if ctx.opset < 7 and ctx.attr("broadcast", 0):
             raise Unsupported("legacy broadcast attribute (opset < 7)")
+        if unsigned.is_uint64(ctx) and (expr := unsigned.binary(ctx)) is not None:
+            return expr
         return _widened(ctx, template, ctx.operand(0, like=1), ctx.operand(1, like=0))
 
     return handler
@@ -61,6 +64,8 @@ def bitwise_not(ctx):
 
 @register_op("Div", since=1)
 def div(ctx):
+    if unsigned.is_uint64(ctx):
+        return unsigned.binary(ctx)
     a, b = ctx.operand(0, like=1), ctx.operand(1, like=0)
     if ctx.dtype(0) is not None and ctx.dtype(0).kind in "iu":
         return _widened(ctx, "torch.div({a}, {b}, rounding_mode='trunc')", a, b)
@@ -77,6 +82,8 @@ def power(ctx):
 
 @register_op("Mod", since=10)
 def mod(ctx):
+    if unsigned.is_uint64(ctx):  # fmod or not, the remainder of unsigned numbers is the same
+        return unsigned.binary(ctx)
     fn = "torch.fmod" if ctx.attr("fmod", 0) else "torch.remainder"
     return _widened(ctx, fn + "({a}, {b})", ctx.x(0), ctx.operand(1, like=0))
 
@@ -100,6 +107,8 @@ def total(ctx):
 
 def _variadic(fn: str):
     def handler(ctx):
+        if unsigned.is_uint64(ctx):
+            return unsigned.extremum(ctx, fn)
         widen = ctx.dtype(0) is not None and ctx.dtype(0).name in _WIDEN
         expr = ctx.x(0) + (".to(torch.int64)" if widen else "")
         for i in range(1, ctx.num_inputs):
