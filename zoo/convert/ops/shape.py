@@ -307,6 +307,10 @@ def cast(ctx):
         # ONNX saturates out-of-range values to the largest finite float8; PyTorch's cast does not.
         limit = f"torch.finfo({ctx.torch_dtype(to)}).max"
         return f"{ctx.x(0)}.clamp(-{limit}, {limit}).to({ctx.torch_dtype(to)})"
+    if to.name == "float8_e4m3fn":
+        # saturate=0: ONNX gives NaN for what rounds beyond 448 (above 464; 464 ties to even, to 448) and for
+        # infinities; PyTorch's cast saturates there. (e5m2 has infinities and casts as ONNX asks.)
+        return f"torch.where({ctx.x(0)}.abs() <= 464, {ctx.x(0)}, torch.nan).to(torch.float8_e4m3fn)"
     return f"{ctx.x(0)}.to({ctx.torch_dtype(to)})"
 
 
