@@ -190,3 +190,9 @@ def test_export_paths_become_containers_only_where_they_form_one(tmp_path, names
     module = load(path)
     assert sorted(module.state_dict()) == keys
     assert verify(path, module, batch_sizes=(1, 2)).passed
+
+
+def test_a_block_that_downsamples_beside_one_that_does_not_is_named_for_it(standins, tmp_path):
+    module = load(standins["inception_v2"], outputs=[ZOO_GRAPHS["inception_v2"]])
+    found = _classes(module)
+    assert found["Inception"] == 7 and found["InceptionReduction"] == 2, found

@@ -54,6 +54,7 @@ class Rewrite:
     def __init__(self, graph: Graph, parts: ModuleParts, finder: _Discovery):
         self.graph, self.parts, self.finder = graph, parts, finder
         self.class_names = Namespace(RESERVED | {"Model"})
+        self.strided: dict[str, bool] = {}  # class name -> whether a layer of it has a stride
         self._moved: dict = {}
         self._instance_decls: list[tuple[Layer, _Instance]] = []
 
@@ -212,7 +213,11 @@ class Rewrite:
             stmts = self._with_shortcut(first, extended[0], stmts)
         body = emit_body(stmts, self.parts, {first.inp: "x"}, [first.out],
                          weighted={f"self.{_ref(first.roles[a])}(" for a in first.attrs if a in self.finder.stateful})
-        cls = self.class_names.claim(class_name(self._class_word(first, stmts, decl)), fallback="Block")
+        word, strided = class_name(self._class_word(first, stmts, decl)), _strided(decl)
+        if word in self.class_names and strided and not self.strided.get(word, True):
+            word += "Reduction"  # the Inception that downsamples, beside the Inception that does not
+        cls = self.class_names.claim(word, fallback="Block")
+        self.strided[cls] = strided
         sig = ", ".join([f"{n}: {type_of(c)}" for c, n in columns.items()]
                         + ([f"{flag}: bool = False"] if flag else []))
         src = (f"class {cls}(nn.Module):\n"
@@ -302,6 +307,20 @@ def _stage_key(prefix: tuple[str, ...]) -> tuple[str, ...]:
         return ()
     lead = re.match(r"\d+(?=[A-Za-z])", prefix[-1])
     return prefix[:-1] + ((lead.group(0),) if lead else ())
+
+
+def _strided(decl) -> bool:
+    """Whether a layer steps by more than one (a stride that is a constructor argument counts)."""
+    for _, ctor, _ in decl:
+        for kw in ctor.tree.keywords if ctor.tree.func else ():
+            if kw.arg == "stride":
+                try:
+                    value = ast.literal_eval(kw.value)
+                except ValueError:
+                    return True
+                if max(value if isinstance(value, tuple) else (value,)) > 1:
+                    return True
+    return False
 
 
 def _instance_name(prefix: tuple[str, ...]) -> str:

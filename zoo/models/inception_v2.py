@@ -37,7 +37,7 @@ class Inception(nn.Module):
         return torch.cat([y, z, w, torch.relu(self.pool_proj_bn(v))], dim=1)
 
 
-class Inception_2(nn.Module):
+class InceptionReduction(nn.Module):
     def __init__(self, in_channels: int, conv_3x3: int, double3x3_reduce: int, double3x3a: int) -> None:
         super().__init__()
         self.conv_3x3_reduce = nn.Conv2d(in_channels, 128, kernel_size=1, bias=False)
@@ -74,14 +74,14 @@ class InceptionV2(nn.Module):
             Inception(192, 64, 64, 64, 64, 96, 32),
             Inception(256, 64, 64, 96, 64, 96, 64),
         )
-        self.inception_3c = Inception_2(320, 160, 64, 96)
+        self.inception_3c = InceptionReduction(320, 160, 64, 96)
         self.inception_4 = nn.Sequential(
             Inception(576, 224, 64, 96, 96, 128, 128),
             Inception(576, 192, 96, 128, 96, 128, 128),
             Inception(576, 160, 128, 160, 128, 160, 96),
             Inception(576, 96, 128, 192, 160, 192, 96),
         )
-        self.inception_4e = Inception_2(576, 192, 192, 256)
+        self.inception_4e = InceptionReduction(576, 192, 192, 256)
         self.inception_5a = Inception(1024, 352, 192, 320, 160, 224, 128)
         self.inception_5b_1x1 = nn.Conv2d(1024, 352, kernel_size=1, bias=False)
         self.inception_5b_1x1_bn = nn.BatchNorm2d(352)
