@@ -53,7 +53,8 @@ def _to_torch(x):
         return x
     name = x.dtype.name
     if name in _ML_DTYPES:
-        bits = np.ascontiguousarray(x).view(np.uint16 if x.dtype.itemsize == 2 else np.uint8)
+        # (ascontiguousarray makes a 0-d array 1-d: keep the case's shape)
+        bits = np.ascontiguousarray(x).view(np.uint16 if x.dtype.itemsize == 2 else np.uint8).reshape(x.shape)
         return torch.from_numpy(bits.copy()).view(_ML_DTYPES[name])
     return torch.from_numpy(np.array(x))
 
