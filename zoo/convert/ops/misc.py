@@ -54,17 +54,41 @@ def reverse_sequence(ctx):
     return f"{fn}({ctx.x(0)}, {ctx.x(1)}, {int(ctx.attr('batch_axis', 1))}, {int(ctx.attr('time_axis', 0))})"
 
 
+COL2IM = '''
+def col2im(x, image_shape, block_shape, dilations, pads, strides):
+    # ONNX Col2Im in any number of dimensions: each column entry is added at its place in the padded image.
+    n = len(image_shape)
+    padded = [s + b + e for s, b, e in zip(image_shape, pads[:n], pads[n:])]
+    blocks = [(p - d * (k - 1) - 1) // s + 1 for p, k, d, s in zip(padded, block_shape, dilations, strides)]
+    place = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(n):  # flat index in the padded image of (block offset k, block position b), per axis
+        pos = torch.arange(block_shape[i], device=x.device)[:, None] * dilations[i]
+        pos = pos + torch.arange(blocks[i], device=x.device)[None, :] * strides[i]
+        shape = [1] * (2 * n)
+        shape[i], shape[n + i] = block_shape[i], blocks[i]
+        place = place * padded[i] + pos.reshape(shape)
+    cols = x.reshape(x.shape[0], -1, place.numel())
+    y = x.new_zeros((*cols.shape[:2], torch.Size(padded).numel())).index_add_(2, place.flatten(), cols)
+    y = y.reshape(*cols.shape[:2], *padded)
+    for i in range(n):
+        y = y.narrow(2 + i, pads[i], image_shape[i])
+    return y
+'''
+
+
 @register_op("Col2Im", since=18)
 def col2im(ctx):
-    n = 2
-    if (ctx.shape(1) or (0,))[0] != 2:
-        raise Unsupported("a non-2-d image")
-    pads = list(ctx.attr("pads") or [0] * 2 * n)
-    if pads[:n] != pads[n:]:
-        raise Unsupported("asymmetric pads")
-    return (f"F.fold({ctx.x(0)}, {ctx.int_list(1)}, {ctx.int_list(2)}, "
-            f"dilation={ctx.lit(tuple(ctx.attr('dilations') or [1, 1]))}, padding={ctx.lit(tuple(pads[:n]))}, "
-            f"stride={ctx.lit(tuple(ctx.attr('strides') or [1, 1]))})")
+    n = (ctx.shape(1) or (None,))[0]
+    if not isinstance(n, int) or n < 1:
+        raise Unsupported("an image shape of unknown length")
+    dilations = checks.ints(ctx, "dilations", length=n, minimum=1, default=[1] * n, implied=f"an image of rank {n}")
+    strides = checks.ints(ctx, "strides", length=n, minimum=1, default=[1] * n, implied=f"an image of rank {n}")
+    pads = checks.ints(ctx, "pads", length=2 * n, minimum=0, default=[0] * 2 * n, implied=f"an image of rank {n}")
+    if n == 2 and pads[:n] == pads[n:]:
+        return (f"F.fold({ctx.x(0)}, {ctx.int_list(1)}, {ctx.int_list(2)}, dilation={ctx.lit(tuple(dilations))}, "
+                f"padding={ctx.lit(tuple(pads[:n]))}, stride={ctx.lit(tuple(strides))})")
+    args = [ctx.x(0), ctx.int_list(1), ctx.int_list(2), ctx.lit(dilations), ctx.lit(pads), ctx.lit(strides)]
+    return f"{ctx.helper('col2im', COL2IM)}({', '.join(args)})"
 
 
 @register_op("AffineGrid", since=20)
