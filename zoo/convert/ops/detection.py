@@ -5,7 +5,7 @@ torchvision.ops has both, but generated code imports torch alone, and ONNX's rul
 """
 from __future__ import annotations
 
-from ..errors import Unsupported
+from ..checks import Contradiction
 from ..registry import register_op
 
 NMS = '''
@@ -56,9 +56,10 @@ def non_max_suppression(ctx):
 
 
 ROI_ALIGN = '''
-def roi_align(x, rois, batch_indices, out_h, out_w, sampling_ratio, spatial_scale, half_pixel):
-    # ONNX RoiAlign, average mode: each output bin averages bilinear samples on a regular grid; a sample
-    # more than one pixel outside the map counts as 0.
+def roi_align(x, rois, batch_indices, out_h, out_w, sampling_ratio, spatial_scale, half_pixel, max_mode=False):
+    # ONNX RoiAlign: each output bin averages bilinear samples on a regular grid; a sample more than one pixel
+    # outside the map counts as 0. Max mode (as the ONNX reference) takes, per sample, the largest of the four
+    # weighted neighbours rather than their sum, and the largest sample of the bin.
     height, width = x.shape[2], x.shape[3]
     offset = 0.5 if half_pixel else 0.0
     out = []
@@ -73,9 +74,12 @@ def roi_align(x, rois, batch_indices, out_h, out_w, sampling_ratio, spatial_scal
         xs = x1 + (torch.arange(out_w * grid_w, device=x.device, dtype=x.dtype) + 0.5) * (roi_w / out_w / grid_w)
         (y0, y1_, wy0, wy1), (x0, x1_, wx0, wx1) = _bilinear_axis(ys, height), _bilinear_axis(xs, width)
         feat = x[int(batch_indices[r])]
-        value = sum(feat[:, yi][:, :, xi] * (wy[:, None] * wx[None, :])
-                    for yi, wy in ((y0, wy0), (y1_, wy1)) for xi, wx in ((x0, wx0), (x1_, wx1)))
-        out.append(value.reshape(-1, out_h, grid_h, out_w, grid_w).mean((2, 4)))
+        terms = [feat[:, yi][:, :, xi] * (wy[:, None] * wx[None, :])
+                 for yi, wy in ((y0, wy0), (y1_, wy1)) for xi, wx in ((x0, wx0), (x1_, wx1))]
+        if max_mode:
+            out.append(torch.stack(terms).amax(0).reshape(-1, out_h, grid_h, out_w, grid_w).amax((2, 4)))
+        else:
+            out.append(sum(terms).reshape(-1, out_h, grid_h, out_w, grid_w).mean((2, 4)))
     return torch.stack(out) if out else x.new_zeros((0, x.shape[1], out_h, out_w))
 
 
@@ -95,10 +99,12 @@ def _bilinear_axis(pos, size):
 
 @register_op("RoiAlign", since=10)
 def roi_align(ctx):
-    if ctx.attr("mode", "avg") != "avg":
-        raise Unsupported("mode 'max' (onnxruntime's max mode is not a plain max of samples)")
+    mode = ctx.attr("mode", "avg")
+    if mode not in ("avg", "max"):
+        raise Contradiction(f"attribute mode={mode!r} is not 'avg' or 'max'")
     half_pixel = ctx.opset >= 16 and ctx.attr("coordinate_transformation_mode", "half_pixel") == "half_pixel"
     fn = ctx.helper("roi_align", ROI_ALIGN)
     return (f"{fn}({ctx.x(0)}, {ctx.x(1)}, {ctx.x(2)}, {int(ctx.attr('output_height', 1))}, "
             f"{int(ctx.attr('output_width', 1))}, {int(ctx.attr('sampling_ratio', 0))}, "
-            f"{ctx.lit(float(ctx.attr('spatial_scale', 1.0)))}, {half_pixel})")
+            f"{ctx.lit(float(ctx.attr('spatial_scale', 1.0)))}, {half_pixel}"
+            + (", max_mode=True)" if mode == "max" else ")"))
