@@ -169,7 +169,12 @@ def gather_elements(ctx):
 
 @register_op("Slice", since=1)
 def slice_(ctx):
-    rank = ctx.rank(0)
+    rank = ctx.value(0).rank
+    if rank is None:  # constant non-negative axes index only the leading dimensions: the rank is not needed
+        axes = ctx.attr("axes") if ctx.opset < 10 else ctx.const(3) if ctx.has_input(3) else None
+        if any(ctx.has_input(i) and ctx.const(i) is None for i in range(1, 5)) and ctx.opset >= 10:
+            axes = None  # a run-time slice writes every dimension
+        rank = max(_ints(axes)) + 1 if axes is not None and len(axes) and min(_ints(axes)) >= 0 else ctx.rank(0)
     if ctx.opset < 10:
         starts, ends, axes, steps = ctx.attr("starts"), ctx.attr("ends"), ctx.attr("axes"), None
     elif any(ctx.has_input(i) and ctx.const(i) is None for i in range(1, 5)):
@@ -277,8 +282,9 @@ def tile(ctx):
 def split(ctx):
     from ..lower import Multi
 
-    rank = ctx.rank(0)
-    ax = norm_axis(ctx, int(ctx.attr("axis", 0)), rank)
+    ax = int(ctx.attr("axis", 0))
+    if ctx.value(0).rank is not None or ax < 0:  # a non-negative axis needs no rank (a Squeeze without axes)
+        ax = norm_axis(ctx, ax, ctx.rank(0))
     n = len(ctx.node.outputs)
     if ctx.opset >= 13 and ctx.has_input(1) and ctx.const(1) is None:
         return Multi(f"torch.split({ctx.x(0)}, {ctx.x(1)}.tolist(), dim={ax})")
