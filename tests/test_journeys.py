@@ -183,9 +183,20 @@ def test_fixed_and_adaptive_pool_heads():
     resnet = zoo.resnet50().eval()  # registry: global_pool adaptive
     with torch.no_grad():
         assert resnet(torch.randn(1, 3, 224, 224)).shape == resnet(torch.randn(1, 3, 160, 192)).shape == (1, 1000)
+    for name in ("shufflenet",):  # registry: global_pool adaptive on a fixed 7x7 pooling
+        model = zoo.create_model(name).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 256, 288)).shape == (1, 1000), name
     googlenet = zoo.googlenet().eval()  # Caffe's padded 7x7 pooling: needs its native size
     with pytest.raises(ValueError, match=r"googlenet needs 224x224 inputs .* got 160x160"):
         googlenet(torch.randn(1, 3, 160, 160))
+
+
+def test_adaptive_pooling_asked_of_a_graph_without_a_global_window_is_refused(cut_standins, tmp_path):
+    from zoo.convert import ConversionError, convert
+
+    with pytest.raises(ConversionError, match=r"global_pool='adaptive', but no AveragePool or MaxPool covers"):
+        convert(cut_standins["googlenet"], tmp_path, global_pool="adaptive")
 
 
 def test_generated_names_never_shadow_builtins(tmp_path):

@@ -263,7 +263,9 @@ def fuse_channel_shuffle(graph: Graph) -> None:
     graph.nodes = [n for n in graph.nodes if id(n) not in removed]
 def adapt_global_pool(graph: Graph) -> None:
     """An AveragePool or MaxPool whose window covers the whole unpadded feature map becomes the global
-    pool: the same numbers at the traced size, and adaptive (any input size) in the generated code."""
+    pool: the same numbers at the traced size, and adaptive (any input size) in the generated code. Asked
+    of a graph with no such pooling (GoogLeNet's padded one), it refuses rather than quietly keep it fixed."""
+    adapted = 0
     for node in graph.nodes:
         if node.op_type not in ("AveragePool", "MaxPool") or len(node.outputs) != 1:
             continue
@@ -275,6 +277,10 @@ def adapt_global_pool(graph: Graph) -> None:
             continue
         node.op_type = "GlobalAveragePool" if node.op_type == "AveragePool" else "GlobalMaxPool"
         node.attrs = {}
+        adapted += 1
+    if not adapted:
+        raise ConversionError(f"{graph.where()}: global_pool='adaptive', but no AveragePool or MaxPool covers the "
+                              "whole unpadded feature map; keep global_pool='fixed'")
 
 
 def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:

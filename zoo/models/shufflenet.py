@@ -3,6 +3,7 @@
 # Do not edit by hand: regenerate with `python scripts/build.py shufflenet`.
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def channel_shuffle(x, groups):
@@ -115,7 +116,6 @@ class Shufflenet(nn.Module):
         self.gconv3_15_bn = nn.BatchNorm2d(544)
         self.gconv1_32 = nn.Conv2d(544, 544, kernel_size=1, groups=4, bias=False)
         self.gconv1_31_bn = nn.BatchNorm2d(544)
-        self.avgpool_4 = nn.AvgPool2d(kernel_size=7, stride=1)
         self.pred = nn.Linear(544, 1000)
 
     def forward_features(self, gpu_0_data_0: torch.Tensor) -> torch.Tensor:
@@ -187,7 +187,7 @@ class Shufflenet(nn.Module):
         y = torch.relu(self.gconv1_30_bn(self.gconv1_31(x)))
         y = self.gconv3_16(channel_shuffle(y, 4))
         y = self.gconv1_32(self.gconv3_15_bn(y))
-        x = self.avgpool_4(torch.relu(self.gconv1_31_bn(y) + x))
+        x = F.adaptive_avg_pool2d(torch.relu(self.gconv1_31_bn(y) + x), 1)
         return torch.flatten(x, 1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
