@@ -27,7 +27,7 @@ from tqdm import tqdm
 from . import __version__
 from .card import dumps, make_card, make_config
 from .convert import ConversionError, ConversionResult, convert, verify
-from .convert.api import instantiate
+from .convert.api import instantiate, write_atomically
 from .download import DownloadError, check_file, default_cache, fetch, file_sha256
 from .registry import Entry, RegistryError, load_registry, models_dir
 from .hub import HubPublisher, PublishError, verify_upload
@@ -84,15 +84,6 @@ class Result:
     revision: str | None = None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _replace_dir(staged: Path, final: Path) -> None:
     """Swap a finished folder into place (old -> .old, staged -> final, drop .old)."""
     old = final.with_name(f".{final.name}.old")
@@ -112,8 +103,8 @@ def _commit(staging: Path, source_py: Path, staged_py: Path, final: Path) -> Non
     leaves each model old or new, never a new source beside old weights.
     """
     journal = staging / "COMMIT"
-    _write_atomic(journal, json.dumps({"source_py": str(source_py), "staged_py": str(staged_py),
-                                       "final": str(final)}).encode())
+    plan = json.dumps({"source_py": str(source_py), "staged_py": str(staged_py), "final": str(final)})
+    write_atomically(journal, lambda tmp: tmp.write_text(plan))
     _roll_forward(staging)
 
 
@@ -302,7 +293,7 @@ def publish_entry(entry: Entry, folder: Path, opts: Options) -> str:
     pins[entry.name] = {"namespace": ns, "repo": repo, "revision": revision, "sha256": stamp["weights_sha256"],
                         "standin": stamp["standin"]}
     pins_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(pins_file, json.dumps(pins, indent=2, sort_keys=True).encode() + b"\n")
+    write_atomically(pins_file, lambda tmp: tmp.write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n"))
     return revision
 
 
@@ -321,7 +312,7 @@ def build(opts: Options) -> list[Result]:
     opts.models_dir.mkdir(parents=True, exist_ok=True)
     init = opts.models_dir / "__init__.py"
     if not init.is_file() or init.read_text() != MODELS_INIT:
-        _write_atomic(init, MODELS_INIT.encode())
+        write_atomically(init, lambda tmp: tmp.write_text(MODELS_INIT))
     results: dict[str, Result] = {}
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool, \
             tqdm(total=len(entries), desc="building", unit="model") as bar:

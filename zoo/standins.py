@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .convert.api import write_atomically
+
 LIGHT_FILES = {
     "squeezenet": "light_squeezenet.onnx",
     "densenet121": "light_densenet121.onnx",
@@ -92,9 +94,7 @@ def build_standin(graph: str | os.PathLike, out_path: str | os.PathLike, *, seed
     onnx.checker.check_model(model)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, out)
+    write_atomically(out, lambda tmp: onnx.save(model, str(tmp)))
     return out
 
 
