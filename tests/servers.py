@@ -6,7 +6,24 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class FileServer:
+class _Loopback:
+    """A threaded HTTP server on 127.0.0.1 (never another address), served while the ``with`` block runs."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FileServer(_Loopback):
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
         self.cut_after: int | None = None  # close the connection after this many bytes...
@@ -48,20 +65,10 @@ class FileServer:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._serve(Handler)
 
 
-class WritableHub:
+class WritableHub(_Loopback):
     """A minimal Hugging Face Hub on loopback that ``huggingface_hub.HfApi`` can write to and read from.
 
     Only what ``create_repo``, ``upload_folder``/``create_commit``, ``model_info`` and ``hf_hub_download``
@@ -191,17 +198,8 @@ class WritableHub:
 
             do_HEAD = do_GET
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
 
     def head(self, repo: str) -> str | None:
         return self.repos.get(repo, {}).get("main")
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
