@@ -4,6 +4,6 @@ One entry per model in zoo/registry.yaml, the same functions as ``zoo.<name>``.
 """
 dependencies = ["torch", "torchvision", "onnx", "safetensors", "huggingface_hub", "yaml"]
 
-from zoo.factory import constructors as _constructors  # noqa: E402
+from zoo.modeling.factory import constructors as _constructors  # noqa: E402
 
 globals().update(_constructors())

@@ -30,10 +30,10 @@ import torchvision
 warnings.filterwarnings("ignore")
 
 import zoo  # noqa: E402
-from zoo.build import prepare_graph  # noqa: E402
+from zoo.publish.build import prepare_graph  # noqa: E402
 from zoo.convert import convert, load_converted  # noqa: E402
 from zoo.registry import load_registry  # noqa: E402
-from zoo.standins import build_standin  # noqa: E402
+from zoo.publish.standins import build_standin  # noqa: E402
 
 TORCHVISION = {"squeezenet1_1": "squeezenet1_1", "densenet121": "densenet121", "resnet50": "resnet50",
                "googlenet": "googlenet"}

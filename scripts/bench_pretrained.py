@@ -41,9 +41,9 @@ def _timed_load(name: str, env: dict) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.download import file_sha256
+    from zoo.weights.download import file_sha256
     from zoo.registry import DEFAULT_REGISTRY, load_registry
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["squeezenet1_1", "densenet121", "resnet50", "googlenet"])

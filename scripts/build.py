@@ -1,7 +1,7 @@
-"""Build the zoo from zoo/registry.yaml; see `python scripts/build.py --help` and zoo/build.py."""
+"""Build the zoo from zoo/registry.yaml; see `python scripts/build.py --help` and zoo/publish/build.py."""
 import sys
 
-from zoo.build import main
+from zoo.publish.build import main
 
 if __name__ == "__main__":
     sys.exit(main())

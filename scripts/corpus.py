@@ -208,7 +208,7 @@ print(time.perf_counter() - start, base, resource.getrusage(resource.RUSAGE_SELF
 
 def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
     """Conversion time and peak memory of the VGG-19 stand-in (548 MB of weights), each run a fresh process."""
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     path = cache / "standins" / "vgg19.onnx"
     if not path.exists():

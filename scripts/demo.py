@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.datasets import load_sample_image
 
     import zoo
-    from zoo.build import Options, build
-    from zoo.finetune import build_parser, run
-    from zoo.localhub import LocalHub
+    from zoo.publish.build import Options, build
+    from zoo.tasks.finetune import build_parser, run
+    from zoo.publish.localhub import LocalHub
 
     summary = []
     start = time.perf_counter()
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"(chance 10%)")
 
         print("6. predicting a digit with the fine-tuned folder (its config.json brings labels and image size) ...")
-        from zoo.finetune import DigitsDataset
+        from zoo.tasks.finetune import DigitsDataset
 
         tuned = zoo.densenet121(pretrained=out / "finetuned").eval()
         image, target = DigitsDataset(train=False)[0]

@@ -103,10 +103,10 @@ def steps_from_onnxruntime(path: Path, module: torch.nn.Module, batch: int = 1, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.build import prepare_graph
+    from zoo.publish.build import prepare_graph
     from zoo.convert import load
     from zoo.registry import load_registry
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     registry = load_registry()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

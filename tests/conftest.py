@@ -41,7 +41,7 @@ socket.socket.connect = _loopback_only
 atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 
 from zoo.registry import load_registry  # noqa: E402
-from zoo.standins import build_standin  # noqa: E402
+from zoo.publish.standins import build_standin  # noqa: E402
 
 # Every registry entry: its name, and (light graph, logits tensor) of its ONNX file, cut before any final Softmax.
 ZOO_MODELS = list(load_registry())
@@ -71,7 +71,7 @@ def standins(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def offline_build(tmp_path_factory):
     """(Options, results) of one offline build of every registry entry, shared by the whole run."""
-    from zoo.build import Options, build
+    from zoo.publish.build import Options, build
 
     root = tmp_path_factory.mktemp("build")
     opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
@@ -97,7 +97,7 @@ def built_modules(offline_build):
 @pytest.fixture(scope="session")
 def cut_standins(standins, tmp_path_factory):
     """Each registry entry's stand-in cut at its logits and flattened to (N, classes), as the build does."""
-    from zoo.build import prepare_graph
+    from zoo.publish.build import prepare_graph
 
     root = tmp_path_factory.mktemp("cut")
     registry = load_registry()

@@ -11,8 +11,8 @@ from torch import fx
 from torchvision.models.feature_extraction import NodePathTracer
 
 import zoo
-from zoo.backbone import traceable
-from zoo.hub import save_pretrained
+from zoo.modeling.backbone import traceable
+from zoo.publish.hub import save_pretrained
 
 from .conftest import ZOO_MODELS
 
@@ -269,7 +269,7 @@ def test_param_groups_decay_with_depth():
 
 
 def test_finetune_with_layer_decay_and_freeze_until(tmp_path):
-    from zoo.finetune import build_parser, main, run
+    from zoo.tasks.finetune import build_parser, main, run
 
     args = build_parser().parse_args(["--model", "squeezenet1_1", "--dataset", "digits", "--pretrained", "none",
                                       "--epochs", "1", "--image-size", "32", "--batch-size", "256",
@@ -289,12 +289,12 @@ def test_finetune_with_layer_decay_and_freeze_until(tmp_path):
 
 
 def test_options_round_trip_through_the_hub(tmp_path, monkeypatch):
-    import zoo.hub
-    from zoo.localhub import LocalHub
+    import zoo.publish.hub
+    from zoo.publish.localhub import LocalHub
 
     with LocalHub(tmp_path / "server") as server:
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setattr(zoo.hub, "HubPublisher", lambda token=None: server.publisher())
+        monkeypatch.setattr(zoo.publish.hub, "HubPublisher", lambda token=None: server.publisher())
         model = zoo.create_model("squeezenet1_1", in_chans=1, num_classes=3, drop_rate=0.1, global_pool="max").eval()
         revision = zoo.push_to_hub(model, "someone/grey-squeeze")
         back = zoo.create_model(f"hf-hub:someone/grey-squeeze@{revision}").eval()
@@ -317,7 +317,7 @@ def test_head_options_compile_export_and_ddp():
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from zoo.localhub import free_port
+    from zoo.publish.localhub import free_port
 
     model = zoo.create_model("squeezenet1_1", num_classes=4, drop_rate=0.2, global_pool="avgmax", in_chans=1).eval()
     x = torch.randn(2, 1, 128, 128)
@@ -339,9 +339,9 @@ def test_head_options_compile_export_and_ddp():
 def test_stages_survive_the_block_restructure(name, standins):
     """Generated sources whose repeated blocks are classes (issue 12: dotted layer names) give the same stages,
     features and parameter groups: everything is read from the traced graph, not from the module tree."""
-    from zoo.backbone import features_model
+    from zoo.modeling.backbone import features_model
     from zoo.convert import load
-    from zoo.factory import ZooModel
+    from zoo.modeling.factory import ZooModel
     from zoo.registry import load_registry
 
     entry = load_registry().entry(name)

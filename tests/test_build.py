@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from zoo.build import BuildError, Options, build, publish_entry
+from zoo.publish.build import BuildError, Options, build, publish_entry
 from zoo.registry import DEFAULT_REGISTRY, load_registry
 
 from .conftest import ZOO_MODELS, export, randomize_
@@ -89,7 +89,7 @@ def _tenth_entry(sha: str, size: int) -> dict:
 def test_a_tenth_entry_builds_without_code_changes(tmp_path):
     import torchvision
 
-    from zoo.download import file_sha256
+    from zoo.weights.download import file_sha256
 
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
@@ -115,7 +115,7 @@ def test_a_tenth_entry_builds_without_code_changes(tmp_path):
 
 
 def test_source_folder_with_wrong_file_fails_loudly(tmp_path):
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     build_standin("squeezenet", tmp_path / "src" / "squeezenet1.0-9.onnx")  # not the pinned bytes
     with pytest.raises(BuildError, match=r"squeezenet1_1: .*sha256 mismatch|expected 4,952,222 bytes"):
@@ -170,7 +170,7 @@ def test_a_build_interrupted_anywhere_leaves_each_model_old_or_new(offline_build
     import os
     import shutil
 
-    from zoo.build import recover
+    from zoo.publish.build import recover
 
     opts, _ = offline_build
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from zoo.download import DownloadError, fetch
+from zoo.weights.download import DownloadError, fetch
 
 from .servers import FileServer
 
@@ -73,7 +73,7 @@ def test_corrupted_cache_entry_is_refetched(tmp_path):
 def test_full_disk_is_a_clear_error_and_leaves_no_cache_entry(tmp_path, monkeypatch):
     import errno
 
-    import zoo.download as download
+    import zoo.weights.download as download
 
     def no_space(url, partial, size, retries, timeout, desc):
         partial.write_bytes(b"x" * 10)

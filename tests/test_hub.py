@@ -14,10 +14,10 @@ import torch
 from huggingface_hub import hf_hub_download, snapshot_download
 
 import zoo
-import zoo.hub
-from zoo.build import Options, build
-from zoo.localhub import LocalHub
-from zoo.weights import WeightsError
+import zoo.publish.hub
+from zoo.publish.build import Options, build
+from zoo.publish.localhub import LocalHub
+from zoo.weights.pretrained import WeightsError
 
 from .conftest import HF_HOME
 
@@ -162,11 +162,11 @@ def test_concurrent_pretrained_loads_share_the_cache(hub, tmp_path):
 
 def test_push_to_hub_and_create_model_from_it(hub, monkeypatch, tmp_path):
     """A fine-tuned head round-trips through the real huggingface_hub client (upload via the loopback seam)."""
-    import zoo.hub
+    import zoo.publish.hub
 
     model = zoo.create_model("squeezenet1_1", pretrained=True, num_classes=3)
     model.pretrained_cfg["labels"] = ["cat", "dog", "cow"]
-    monkeypatch.setattr(zoo.hub, "HubPublisher", lambda token=None: hub["server"].publisher())
+    monkeypatch.setattr(zoo.publish.hub, "HubPublisher", lambda token=None: hub["server"].publisher())
     revision = zoo.push_to_hub(model, "someone/squeeze-3")
     back = zoo.create_model(f"hf-hub:someone/squeeze-3@{revision}").eval()
     assert back.num_classes == 3 and zoo.labels(back) == ["cat", "dog", "cow"]
@@ -181,7 +181,7 @@ def test_push_to_hub_and_create_model_from_it(hub, monkeypatch, tmp_path):
 def test_hub_repository_naming_an_unknown_architecture_is_refused(hub, tmp_path):
     folder = tmp_path / "evil"
     folder.mkdir()
-    zoo.hub.save_pretrained(zoo.squeezenet1_1(), folder, extra={"architecture": "os.system"})
+    zoo.publish.hub.save_pretrained(zoo.squeezenet1_1(), folder, extra={"architecture": "os.system"})
     (folder / "README.md").write_text("evil\n")
     hub["server"].publisher().publish(folder, "someone/evil", "unknown architecture")
     with pytest.raises(WeightsError, match=r"architecture 'os.system', which is not a model of this zoo's registry"):
@@ -203,7 +203,7 @@ def writable(tmp_path_factory):
 
 def _push(server, root: Path, pins: Path, capsys) -> tuple[int, str]:
     """`scripts/build.py squeezenet1_1 --offline --push` (the build itself is unchanged, so only the push runs)."""
-    from zoo.build import main
+    from zoo.publish.build import main
 
     code = main(["squeezenet1_1", "--offline", "--push", "--namespace", "zoo-test", "--endpoint", server.url,
                  "--out", str(root / "out"), "--models-dir", str(root / "models"), "--pins", str(pins)])
@@ -274,7 +274,7 @@ def test_push_to_hub_reads_the_weights_back(writable, monkeypatch):
     assert server.repos["someone/verified"]["commits"][revision]["model.safetensors"]
     server.corrupt.add("model.safetensors")
     try:
-        with pytest.raises(zoo.hub.PublishError, match=r"someone/verified@[0-9a-f]{40} .*downloaded back has sha256"):
+        with pytest.raises(zoo.publish.hub.PublishError, match=r"someone/verified@[0-9a-f]{40} .*downloaded back has sha256"):
             zoo.push_to_hub(model, "someone/verified")
     finally:
         server.corrupt.clear()

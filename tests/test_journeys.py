@@ -175,7 +175,7 @@ def test_models_pickle_save_whole_and_deepcopy(name, tmp_path):
             f"x = torch.load({str(tmp_path / 'x.pt')!r}); print(type(m).__module__, m.num_classes, m(x).sum().item())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     module, classes, total = done.stdout.split()
-    assert module == "zoo.architectures" and classes == "4" and float(total) == pytest.approx(expected.sum().item(),
+    assert module == "zoo.modeling.architectures" and classes == "4" and float(total) == pytest.approx(expected.sum().item(),
                                                                                             rel=1e-5), done.stderr
 
 

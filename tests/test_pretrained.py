@@ -16,10 +16,10 @@ import torch
 import yaml
 
 import zoo
-from zoo.build import prepare_graph
-from zoo.download import file_sha256
+from zoo.publish.build import prepare_graph
+from zoo.weights.download import file_sha256
 from zoo.registry import DEFAULT_REGISTRY, load_registry
-from zoo.weights import WeightsError
+from zoo.weights.pretrained import WeightsError
 
 from .servers import FileServer
 
@@ -187,7 +187,7 @@ def test_committed_source_and_upstream_graph_disagree(server, standins, tmp_path
 # --- kill -9 during a first load ------------------------------------------------------------------------
 
 KILLED_LOAD = """
-import zoo, zoo.build, zoo.rebuild  # imported before 'ready', so the delays fall inside the load itself
+import zoo, zoo.publish.build, zoo.weights.rebuild  # imported before 'ready', so the delays fall inside the load itself
 print("ready", flush=True)
 zoo.squeezenet1_1(pretrained=True)
 """

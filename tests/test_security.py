@@ -575,7 +575,7 @@ def test_mutation_fuzzing_reached_both_outcomes():
 KILLED_BUILD = """
 import sys
 from pathlib import Path
-from zoo.build import Options, build
+from zoo.publish.build import Options, build
 print("ready", flush=True)
 build(Options(out=Path(sys.argv[1]), offline=True, models_dir=Path(sys.argv[2]), registry=Path(sys.argv[3]),
               names=[sys.argv[4]]))
@@ -611,7 +611,7 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
 
     import yaml
 
-    from zoo.build import Options, build, recover
+    from zoo.publish.build import Options, build, recover
     from zoo.registry import DEFAULT_REGISTRY
 
     name = "squeezenet1_1"

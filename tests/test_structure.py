@@ -68,7 +68,7 @@ def test_state_dict_keys_follow_the_blocks(standins):
 
 def test_regenerating_is_byte_identical_and_weights_do_not_matter(tmp_path):
     """Twice from one file, and from files with other weights (a stand-in and the real file differ only so)."""
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     sources = []
     for seed in (1, 1, 2):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo.registry import load_registry
-from zoo.weights import WeightsError
+from zoo.weights.pretrained import WeightsError
 
 from .conftest import ZOO_MODELS
 
@@ -119,7 +119,7 @@ def test_cli_list_info_and_convert(tmp_path):
     assert fields["classifier"] == "pred" and fields["input"] == "3x224x224" and "822daa93" in fields["onnx"]
     bad = subprocess.run([sys.executable, "-m", "zoo", "info", "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown model" in bad.stderr
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     onnx_path = build_standin("squeezenet", tmp_path / "sq.onnx")
     conv = subprocess.run([sys.executable, "-m", "zoo", "convert", str(onnx_path), "-o", str(tmp_path / "o"),
@@ -128,7 +128,7 @@ def test_cli_list_info_and_convert(tmp_path):
 
 
 def test_finetune_on_real_digits_beats_chance(tmp_path):
-    from zoo.finetune import build_parser, run
+    from zoo.tasks.finetune import build_parser, run
 
     args = build_parser().parse_args(["--model", "densenet121", "--dataset", "digits", "--pretrained", "none",
                                       "--epochs", "2", "--image-size", "64", "--out", str(tmp_path / "ft")])
@@ -141,7 +141,7 @@ def test_finetune_on_real_digits_beats_chance(tmp_path):
 
 
 def test_finetune_with_torchrun_two_processes(tmp_path):
-    from zoo.localhub import free_port
+    from zoo.publish.localhub import free_port
 
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                            "127.0.0.1", "--master_port", str(free_port()), str(ROOT / "scripts" / "finetune.py"), "--model", "densenet121", "--dataset", "digits",
@@ -174,7 +174,7 @@ def test_every_model_loads_built_weights_and_fine_tunes(offline_build, built_mod
     folder = opts.out / name
     entry = load_registry()[name]
     model = getattr(zoo, name)(pretrained=folder).eval()
-    assert type(model).__module__ == "zoo.architectures" and model.num_classes == 1000
+    assert type(model).__module__ == "zoo.modeling.architectures" and model.num_classes == 1000
     assert any(cls.__module__ == f"zoo.models.{name}" for cls in type(model).__mro__)
     assert model.pretrained_cfg["preprocessing"]["channel_order"] == entry.preprocessing.channel_order
     x = torch.randn(2, 3, 224, 224)
@@ -209,6 +209,6 @@ def test_every_model_has_transforms_labels_and_a_hub_entry(name):
 
 def test_torch_hub_loads_a_new_model_from_this_checkout():
     model = torch.hub.load(str(ROOT), "shufflenet", source="local", trust_repo=True)
-    assert type(model).__module__ == "zoo.architectures" and isinstance(model.get_classifier(), torch.nn.Linear)
+    assert type(model).__module__ == "zoo.modeling.architectures" and isinstance(model.get_classifier(), torch.nn.Linear)
     with torch.no_grad():
         assert model(torch.randn(3, 3, 224, 224)).shape == (3, 1000)

@@ -87,7 +87,7 @@ def test_softmax_before_opset_13_flattens(standins):
 
 
 def test_generated_code_does_not_depend_on_weight_values(tmp_path):
-    from zoo.standins import build_standin
+    from zoo.publish.standins import build_standin
 
     sources = []
     for seed in (1, 2):

@@ -9,11 +9,11 @@ __version__ = "0.1.0"
 
 import os as _os
 
-from .factory import WeightsError, ZooModel, add_models_dir as _add_models_dir, constructor, create_model, list_models  # noqa: E402,E501
-from .fuse import fuse  # noqa: E402
-from .hub import push_to_hub  # noqa: E402
-from .optim import param_groups  # noqa: E402
-from .preprocess import labels, transforms  # noqa: E402
+from .modeling.factory import WeightsError, ZooModel, add_models_dir as _add_models_dir, constructor, create_model, list_models  # noqa: E402,E501
+from .modeling.fuse import fuse  # noqa: E402
+from .publish.hub import push_to_hub  # noqa: E402
+from .modeling.optim import param_groups  # noqa: E402
+from .modeling.preprocess import labels, transforms  # noqa: E402
 from .registry import RegistryError, models_dir as _models_dir  # noqa: E402
 
 if _os.environ.get("ZOO_REGISTRY"):

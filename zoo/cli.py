@@ -9,7 +9,7 @@ from .registry import RegistryError
 
 
 def _list(args) -> int:
-    from .factory import list_models
+    from .modeling.factory import list_models
     from .registry import load_registry
 
     registry = load_registry()
@@ -23,7 +23,7 @@ def _list(args) -> int:
 
 def _info(args) -> int:
     from .registry import load_registry
-    from .weights import pin_for
+    from .weights.pretrained import pin_for
 
     e = load_registry().entry(args.name)
     pre = e.preprocessing
@@ -53,8 +53,8 @@ def _predict(args) -> int:
     import torch
     from PIL import Image
 
-    from .factory import create_model
-    from .preprocess import labels, transforms
+    from .modeling.factory import create_model
+    from .modeling.preprocess import labels, transforms
 
     pretrained = True if args.weights is None else args.weights
     model = create_model(args.name, pretrained=pretrained).eval()
@@ -74,7 +74,7 @@ def _predict(args) -> int:
 
 
 def _hash(args) -> int:
-    from .download import file_sha256
+    from .weights.download import file_sha256
 
     for path in args.files:
         print(f"{path}:\n  sha256: {file_sha256(path)}\n  size: {os.path.getsize(path)}")
@@ -83,7 +83,7 @@ def _hash(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .convert import cli as convert_cli
-    from .finetune import build_parser as finetune_parser
+    from .tasks.finetune import build_parser as finetune_parser
 
     parser = argparse.ArgumentParser(prog="zoo", description="A PyTorch vision model zoo converted from ONNX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=None)
     p = sub.add_parser("finetune", help="fine-tune a model with a new head (scripts/finetune.py)")
     finetune_parser(p)
-    p.set_defaults(run=lambda a: 0 if __import__("zoo.finetune", fromlist=["run"]).run(a)["val_accuracy"] is not None else 1)
+    p.set_defaults(run=lambda a: 0 if __import__("zoo.tasks.finetune", fromlist=["run"]).run(a)["val_accuracy"] is not None else 1)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"]:
-        from .build import main as build_main
+        from .publish.build import main as build_main
 
         return build_main(argv[1:])
     args = parser.parse_args(argv)

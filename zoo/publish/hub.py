@@ -11,10 +11,10 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .convert.api import write_atomically
-from .download import file_sha256
-from .registry import RegistryError, load_registry
-from .weights import WeightsError
+from ..convert.api import write_atomically
+from ..weights.download import file_sha256
+from ..registry import RegistryError, load_registry
+from ..weights.pretrained import WeightsError
 
 FILES = ("model.safetensors", "config.json", "README.md")
 
@@ -67,7 +67,7 @@ def verify_upload(repo: str, revision: str, sha256: str, *, endpoint: str | None
 def save_pretrained(model, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and its ``config.json`` (classes, labels, preprocessing) into ``folder``;
     ``zoo.create_model(name, pretrained=folder)`` reads them back."""
-    from .factory import model_config
+    from ..modeling.factory import model_config
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
 
     ``zoo.create_model(f"hf-hub:{repo_id}")`` then rebuilds it from the registry architecture it names.
     """
-    from .factory import ZooModel
+    from ..modeling.factory import ZooModel
 
     backbone = hasattr(model, "feature_info") and hasattr(model, "pretrained_cfg")  # features_only=True
     if not (isinstance(model, ZooModel) or backbone):
@@ -120,7 +120,7 @@ def from_hub(spec: str, *, num_classes: int | None = None):
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from .factory import create_model
+    from ..modeling.factory import create_model
 
     repo, _, revision = spec.partition("@")
     try:

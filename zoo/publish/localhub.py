@@ -113,7 +113,7 @@ class LocalHubPublisher:
 
     def publish(self, folder: Path, repo: str, message: str, *, private: bool = False,
                 revision: str | None = None) -> str:
-        """As :meth:`zoo.hub.HubPublisher.publish`; ``private`` means nothing on loopback, ``revision`` is a branch."""
+        """As :meth:`zoo.publish.hub.HubPublisher.publish`; ``private`` means nothing on loopback, ``revision`` is a branch."""
         target = self.hub.mirrors / "models" / repo
         if not (target / ".git").exists():
             target.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from tqdm import tqdm
 
-from .convert.loader import sha256_of as file_sha256
+from ..convert.loader import sha256_of as file_sha256
 
 _HUB_URL = re.compile(r"https://huggingface\.co/(?P<repo>[\w.\-]+/[\w.\-]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
 

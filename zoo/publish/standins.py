@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .convert.api import write_atomically
+from ..convert.api import write_atomically
 
 LIGHT_FILES = {
     "squeezenet": "light_squeezenet.onnx",
@@ -101,7 +101,7 @@ def build_standin(graph: str | os.PathLike, out_path: str | os.PathLike, *, seed
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m zoo.standins",
+    parser = argparse.ArgumentParser(prog="python -m zoo.publish.standins",
                                      description="Write the four zoo graphs with seeded random (stand-in) weights.")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0)

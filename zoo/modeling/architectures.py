@@ -1,4 +1,4 @@
-"""The classes of the zoo's models, by name: ``zoo.architectures.ZooDensenet121`` is the class of
+"""The classes of the zoo's models, by name: ``zoo.modeling.architectures.ZooDensenet121`` is the class of
 ``zoo.densenet121()``, its generated class with :class:`zoo.ZooModel` mixed in.
 
 Looked up on first use, so pickle, ``torch.save(model)`` and ``copy.deepcopy`` find a model's class by
@@ -9,16 +9,16 @@ from __future__ import annotations
 
 def __getattr__(attr: str):
     from .factory import class_name_for, model_class
-    from .registry import load_registry
+    from ..registry import load_registry
 
     for name in load_registry():
         if class_name_for(name) == attr:
             return model_class(name)
-    raise AttributeError(f"module 'zoo.architectures' has no model class {attr!r}")
+    raise AttributeError(f"module 'zoo.modeling.architectures' has no model class {attr!r}")
 
 
 def __dir__() -> list[str]:
     from .factory import class_name_for
-    from .registry import load_registry
+    from ..registry import load_registry
 
     return [class_name_for(name) for name in load_registry()]

@@ -1,5 +1,5 @@
 """Optimizer parameter groups for fine-tuning: layer-wise learning-rate decay along the network's stages
-(found from the graph, see :mod:`zoo.backbone`) and no weight decay on biases and normalization layers."""
+(found from the graph, see :mod:`zoo.modeling.backbone`) and no weight decay on biases and normalization layers."""
 from __future__ import annotations
 
 from typing import Any, Sequence

@@ -24,12 +24,12 @@ import onnx
 from onnx import helper
 from tqdm import tqdm
 
-from . import __version__
+from .. import __version__
 from .card import dumps, make_card, make_config
-from .convert import ConversionError, ConversionResult, convert, verify
-from .convert.api import instantiate, write_atomically
-from .download import DownloadError, check_file, default_cache, fetch, file_sha256
-from .registry import Entry, RegistryError, load_registry, models_dir
+from ..convert import ConversionError, ConversionResult, convert, verify
+from ..convert.api import instantiate, write_atomically
+from ..weights.download import DownloadError, check_file, default_cache, fetch, file_sha256
+from ..registry import Entry, RegistryError, load_registry, models_dir
 from .hub import HubPublisher, PublishError, verify_upload
 from .standins import build_standin
 
@@ -140,8 +140,9 @@ def recover(out: Path) -> None:
 def converter_digest() -> str:
     """Hash of the converter's and the build's code: a change to either rebuilds every entry."""
     digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for path in sorted([*here.joinpath("convert").rglob("*.py"), here / "build.py", here / "standins.py"]):
+    here = Path(__file__).parents[1]
+    for path in sorted([*here.joinpath("convert").rglob("*.py"), here / "publish" / "build.py",
+                        here / "publish" / "standins.py"]):
         digest.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .download import file_sha256
-from .registry import Entry, load_registry
+from ..registry import Entry, load_registry
 
 log = logging.getLogger("zoo")
 

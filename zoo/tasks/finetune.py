@@ -19,10 +19,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .factory import create_model
-from .hub import push_to_hub, save_pretrained
-from .optim import freeze_until, frozen_modules, param_groups
-from .preprocess import resized, transforms
+from ..modeling.factory import create_model
+from ..publish.hub import push_to_hub, save_pretrained
+from ..modeling.optim import freeze_until, frozen_modules, param_groups
+from ..modeling.preprocess import resized, transforms
 
 
 class DigitsDataset(Dataset):
@@ -204,8 +204,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .registry import RegistryError
-    from .weights import WeightsError
+    from ..registry import RegistryError
+    from ..weights.pretrained import WeightsError
 
     args = build_parser().parse_args(argv)
     try:

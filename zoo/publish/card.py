@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from .registry import Entry
+from ..registry import Entry
 
 _HUB_LICENSES = {"Apache-2.0": "apache-2.0", "BSD-3-Clause": "bsd-3-clause", "MIT": "mit", "CC-BY-4.0": "cc-by-4.0"}
 

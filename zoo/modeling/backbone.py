@@ -490,7 +490,7 @@ def configure(model: nn.Module, saved: dict[str, Any] | None = None, *, features
 
 
 def main() -> None:
-    """``python -m zoo.backbone [NAME ...]``: each model's stages (channels, reduction, feature map at the
+    """``python -m zoo.modeling.backbone [NAME ...]``: each model's stages (channels, reduction, feature map at the
     native size, the layer it comes from)."""
     import sys
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from .registry import Preprocessing, load_registry
+from ..registry import Preprocessing, load_registry
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -61,7 +61,7 @@ def resized(preprocessing: dict, size: int) -> dict:
 
 @lru_cache(maxsize=None)
 def _imagenet() -> tuple[str, ...]:
-    return tuple(Path(__file__).with_name("data").joinpath("imagenet_classes.txt").read_text().splitlines())
+    return tuple(Path(__file__).parents[1].joinpath("data").joinpath("imagenet_classes.txt").read_text().splitlines())
 
 
 def labels(name_or_model) -> list[str]:

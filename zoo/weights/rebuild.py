@@ -19,8 +19,8 @@ from filelock import FileLock, Timeout
 from safetensors import safe_open
 
 from .download import DownloadError, cache_root, fetch, file_sha256, is_offline, mirrored
-from .registry import Entry
-from .weights import WeightsError
+from ..registry import Entry
+from .pretrained import WeightsError
 
 log = logging.getLogger("zoo")
 WEIGHTS = "model.safetensors"
@@ -28,7 +28,7 @@ CHECKSUM = "model.safetensors.sha256"
 
 
 def cache_folder(entry: Entry) -> Path:
-    from .build import fingerprint
+    from ..publish.build import fingerprint
 
     return cache_root() / entry.name / entry.source.sha256 / fingerprint(entry, standin=False)[:16]
 
@@ -47,7 +47,7 @@ def _cached(folder: Path) -> Path | None:
 
 def _check_layers(entry: Entry, weights: Path) -> None:
     """The upstream graph must still give the committed source's layers: same keys, same shapes."""
-    from .factory import model_class
+    from ..modeling.factory import model_class
 
     import torch
 
@@ -107,7 +107,7 @@ def upstream_weights(entry: Entry) -> Path:
         if found is not None:
             return found
         _sweep(folder)
-        from .build import BuildError, convert_entry
+        from ..publish.build import BuildError, convert_entry
 
         log.info("%s: no published weights; fetching %s", entry.name, entry.source.file)
         onnx_path = _fetch(entry)

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .convert.naming import class_name
-from .registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
-from .weights import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
+from ..convert.naming import class_name
+from ..registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
+from ..weights.pretrained import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
 
 log = logging.getLogger("zoo")
 NATIVE_CLASSES = 1000
@@ -67,7 +67,7 @@ class ZooModel(nn.Module):
             raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
                              f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
                              f"got {tuple(x.shape)}")
-        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.backbone.set_head): a rewritten graph
+        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.modeling.backbone.set_head): a rewritten graph
             return self.__dict__["_zoo_forward"](x)
         native = tuple(self.pretrained_cfg["native_size"])
         if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
@@ -81,7 +81,7 @@ class ZooModel(nn.Module):
 
 
 def class_name_for(name: str) -> str:
-    """The importable name of a zoo model's class in :mod:`zoo.architectures` (``Zoo`` + generated name)."""
+    """The importable name of a zoo model's class in :mod:`zoo.modeling.architectures` (``Zoo`` + generated name)."""
     return f"Zoo{class_name(name)}"
 
 
@@ -120,7 +120,7 @@ def add_models_dir(folder: Path) -> None:
 def _model_class(name: str, registry_file: str) -> type[ZooModel]:
     generated = _generated_class(name)
     cls = type(class_name_for(name), (ZooModel, generated),
-               {"__module__": "zoo.architectures", "__doc__": generated.__doc__, "zoo_name": name,
+               {"__module__": "zoo.modeling.architectures", "__doc__": generated.__doc__, "zoo_name": name,
                 "_zoo_source": sys.modules[generated.__module__]})
     cls.__qualname__ = cls.__name__
     return cls
@@ -128,7 +128,7 @@ def _model_class(name: str, registry_file: str) -> type[ZooModel]:
 
 def model_class(name: str) -> type[ZooModel]:
     """The class of a zoo model: its generated class with ZooModel mixed in, importable from
-    ``zoo.architectures`` (so models pickle, ``torch.save`` whole and deep-copy)."""
+    ``zoo.modeling.architectures`` (so models pickle, ``torch.save`` whole and deep-copy)."""
     cls = _model_class(name, str(load_registry().path))
     # Block classes pickle by reference to zoo.models.<name>: that must be the module this class came from,
     # even after another registry's model of the same name was imported.
@@ -183,7 +183,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
         classifier on the ImageNet backbone, ready for fine-tuning; 0 removes it (``forward`` returns the
         pooled features).
     features_only, out_indices: a backbone whose ``forward`` returns one feature map per stage (all, or those
-        in ``out_indices``), described by its ``feature_info``; see :mod:`zoo.backbone`.
+        in ``out_indices``), described by its ``feature_info``; see :mod:`zoo.modeling.backbone`.
     in_chans: input channels; the first convolution's weights are summed (1) or repeated and rescaled.
     drop_rate: dropout before the classifier. global_pool: "avg", "max", "avgmax" or "" (none, with
         num_classes=0), for models whose head pools.
@@ -195,7 +195,7 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     if kwargs:
         raise TypeError(f"create_model() got unexpected keyword arguments: {', '.join(kwargs)}")
     if isinstance(name, str) and name.startswith("hf-hub:"):
-        from .hub import from_hub
+        from ..publish.hub import from_hub
 
         model = from_hub(name[len("hf-hub:"):], num_classes=num_classes)
         return configure(model, model.pretrained_cfg.get("model_args"), **options)

@@ -1,0 +1,1 @@
+"""Stand-ins, building the registry, model cards, pushing to the Hub."""

@@ -1,0 +1,1 @@
+"""Jobs people run with a model: fine-tuning."""

@@ -1,0 +1,1 @@
+"""Where weights come from: download and cache, the pinned Hub revision, rebuilding from the upstream ONNX."""
