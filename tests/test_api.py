@@ -41,6 +41,17 @@ def test_convert_writes_module_and_matching_safetensors(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny.py", "tiny.safetensors"]
 
 
+def test_one_input_is_x_and_several_keep_their_names(tmp_path):
+    source = convert(small_convnet(tmp_path / "tiny.onnx"), tmp_path / "out").source_path.read_text()
+    assert "def forward(self, x: torch.Tensor)" in source and "ONNX input" not in source  # it is named x already
+    nodes = [helper.make_node("Add", ["image.1", "mask:0"], ["y"])]
+    make_model(nodes, [tensor("image.1", [1, 2]), tensor("mask:0", [1, 2])], [tensor("y", [1, 2])],
+               path=tmp_path / "two.onnx")
+    source = convert(tmp_path / "two.onnx", tmp_path / "out").source_path.read_text()
+    assert "def forward(self, image_1: torch.Tensor, mask_0: torch.Tensor)" in source
+    assert "#   image_1 is the ONNX input image.1, mask_0 is the ONNX input mask:0\n" in source
+
+
 def test_load_verify_and_summary(tmp_path):
     onnx_path = small_convnet(tmp_path / "tiny.onnx")
     module = load(onnx_path)

@@ -26,6 +26,7 @@ EXPECTED = {
     "resnet50": ("Bottleneck", 16, 110),
     "inception_v1": ("Inception", 9, 110),
     "densenet121": ("DenseLayer", 58, 110),
+    "shufflenet": ("Bottleneck", 13, 100),  # names are counters (gconv1_7): structure alone proposes the units
 }
 
 
@@ -108,7 +109,10 @@ SMALL = {
     # name: (prefixes, activations, {class: instances} expected)
     "three_alike": (["layer1.0", "layer1.1", "layer1.2"], ["Relu"] * 3, {"BasicBlock": 3, "Sequential": 1}),
     "one_block": (["block.0"], ["Relu"], {}),
-    "unnamed": (["onnx::Conv_1", "onnx::Conv_2", "onnx::Conv_3"], ["Relu"] * 3, {}),
+    # meaningless names: structure alone proposes the blocks, a stage of them is numbered
+    "unnamed": (["onnx::Conv_1", "onnx::Conv_2", "onnx::Conv_3"], ["Relu"] * 3, {"BasicBlock": 3, "Sequential": 1}),
+    "unnamed_other_ops": (["onnx::Conv_1", "onnx::Conv_2", "onnx::Conv_3"], ["Relu", "Sigmoid", "Relu"],
+                          {"BasicBlock": 2}),
     "same_names_other_ops": (["b1", "b2", "b3"], ["Relu", "Sigmoid", "Relu"], {"B": 2}),
     "hostile_names": (['a"b.0', "a'b.1; import os"], ["Relu"] * 2, None),
 }
@@ -196,3 +200,19 @@ def test_a_block_that_downsamples_beside_one_that_does_not_is_named_for_it(stand
     module = load(standins["inception_v2"], outputs=[ZOO_GRAPHS["inception_v2"]])
     found = _classes(module)
     assert found["Inception"] == 7 and found["InceptionReduction"] == 2, found
+
+
+def test_units_named_by_counters_become_classes_from_structure(standins, tmp_path):
+    """ShuffleNet's layers are gconv1, gconv1_2, ... gconv1_32: only structure can find its 16 units. The
+    strided units (concatenating their pooled input) are one class, the residual ones another; each stage
+    opens with its strided unit, as torchvision's stages do."""
+    module = load(standins["shufflenet"], outputs=[ZOO_GRAPHS["shufflenet"]])
+    found = _classes(module)
+    assert found["Bottleneck"] == 13 and found["BottleneckReduction"] == 3, found
+    assert [type(m).__name__ for m in module.stage2] == ["BottleneckReduction"] + ["Bottleneck"] * 7
+    keys = module.state_dict()
+    assert "stage1.0.avgpool" not in keys and "stage1.0.conv1.weight" in keys and "stage3.3.bn3.running_var" in keys
+    x = torch.randn(2, 3, 224, 224)
+    flat = load(standins["shufflenet"], outputs=[ZOO_GRAPHS["shufflenet"]], structure=False)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), flat(x), rtol=0, atol=0)

@@ -71,7 +71,8 @@ def test_squeezenet_reads_like_torchvision(standins, tmp_path):
     assert "self.expand3x3 = nn.Conv2d(squeeze1x1, expand1x1, kernel_size=3, padding=1)" in src
     assert "self.conv10 = nn.Conv2d(512, 1000, kernel_size=1)" in src
     forward = src[src.index("def forward"):]
-    assert "x = self.maxpool(torch.relu(self.conv1(data_0)))" in forward
+    assert "x = self.maxpool(torch.relu(self.conv1(x)))" in forward  # the input is `x`, as in torchvision
+    assert "#   x is the ONNX input data_0\n" in src  # the ONNX name stays in the header
     assert max(len(line) for line in src.splitlines()) <= 120
     assert len(forward.splitlines()) < 40
 

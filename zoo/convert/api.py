@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .blocks import discover_blocks
+from .blockcode import write_blocks
+from .blocks import find_blocks
 from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
@@ -86,9 +87,12 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         if graph.value(out).const is not None:
             lowering.reference(out)
     if structure:
-        parts = discover_blocks(graph, parts, {classifier} if classifier else set())
-    args = Namespace(RESERVED)
-    arg_names = {inp: args.claim(inp, fallback="input") for inp in graph.inputs}
+        parts = write_blocks(graph, parts, *find_blocks(graph, parts, {classifier} if classifier else set()))
+    if len(graph.inputs) == 1:  # named as torchvision names it; the header comment keeps the ONNX name
+        arg_names = {graph.inputs[0]: "x"}
+    else:
+        args = Namespace(RESERVED)
+        arg_names = {inp: args.claim(inp, fallback="input") for inp in graph.inputs}
     if classifier:
         features, body, head = split_at_layer(graph, parts, classifier)
         methods = [
@@ -109,6 +113,8 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         producer=safe_comment(graph.producer),
         regenerate=safe_comment(regenerate or f"python -m zoo.convert {loaded.path.name} -o DIR"),
         version=__version__,
+        inputs=safe_comment(", ".join(f"{name} is the ONNX input {inp}" for inp, name in arg_names.items()
+                                      if name != inp)),
     )
     cls = class_name(name)
     source = emit_module(graph, parts, cls, header, methods)

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import TYPE_CHECKING
 
+from .blocks import Discovery, Instance
 from .ctors import Ctor, fill, holes_in, kind, num, parse, type_of
 from .emit import emit_body
 from .ir import Graph
 from .lower import TOKEN, Layer, ModuleParts, Statement
 from .naming import RESERVED, Namespace, class_name, sanitize
 from .tree import Conflict, is_path, nest, ref, restore
-
-if TYPE_CHECKING:
-    from .blocks import _Discovery, _Instance
 
 _SELF = re.compile(r"self\.(\w+)")
 LINE = 110
@@ -44,6 +41,13 @@ def renumber(parts: ModuleParts, blocks) -> ModuleParts:
     return parts
 
 
+def write_blocks(graph: Graph, parts: ModuleParts, finder: Discovery, classes: list[list[Instance]]) -> ModuleParts:
+    """``parts`` with the instances of ``classes`` (see :func:`.blocks.find_blocks`) replaced by instances of
+    emitted classes; unchanged if there are none."""
+    # An export's module tree comes back even where nothing repeats.
+    return Rewrite(graph, parts, finder).run(classes) if classes or finder.dotted else parts
+
+
 class Decline(Exception):
     """A class cannot be written after all; its instances stay flat."""
 
@@ -51,17 +55,18 @@ class Decline(Exception):
 class Rewrite:
     """Emits the classes and rewrites the module to call them."""
 
-    def __init__(self, graph: Graph, parts: ModuleParts, finder: _Discovery):
+    def __init__(self, graph: Graph, parts: ModuleParts, finder: Discovery):
         self.graph, self.parts, self.finder = graph, parts, finder
         self.class_names = Namespace(RESERVED | {"Model"})
         self.strided: dict[str, bool] = {}  # class name -> whether a layer of it has a stride
         self._moved: dict = {}
-        self._instance_decls: list[tuple[Layer, _Instance]] = []
+        self._instance_decls: list[tuple[Layer, Instance]] = []
+        self.stages = 0
 
-    def run(self, classes: list[list[_Instance]]) -> ModuleParts:
+    def run(self, classes: list[list[Instance]]) -> ModuleParts:
         out = self.out = ModuleParts(tensors={}, token_values=self.parts.token_values, tokens=self.parts.tokens,
                                      helpers=self.parts.helpers, classes=dict(self.parts.classes))
-        calls: dict[int, tuple[_Instance, str, list]] = {}  # first statement -> (instance, class, args)
+        calls: dict[int, tuple[Instance, str, list]] = {}  # first statement -> (instance, class, args)
         for insts in sorted(classes, key=lambda c: min(c[0].stmts)):
             try:
                 name, args = self._emit_class(insts)
@@ -79,7 +84,7 @@ class Rewrite:
         owned = {a: inst for inst, _, _ in calls.values() for a in inst.attrs}
         # Statements: one call per instance, then runs of instances of one class become stages.
         stmts: list[Statement] = []
-        run: list[tuple[_Instance, str, list]] = []
+        run: list[tuple[Instance, str, list]] = []
         decls: dict[str, Layer] = {}
 
         def flush():
@@ -109,7 +114,9 @@ class Rewrite:
                 continue
             if i in calls:
                 inst, cls, args = calls[i]
-                chained = run and run[-1][1] == cls and run[-1][0].out == inst.inp \
+                # A stage structure proposed may open with a block of its own (the one that downsamples).
+                opens = len(run) == 1 and not run[0][0].prefix and not inst.prefix
+                chained = run and (run[-1][1] == cls or opens) and run[-1][0].out == inst.inp \
                     and _stage_key(run[-1][0].prefix) == _stage_key(inst.prefix) \
                     and self.finder.users.get(inst.inp, set()) <= set(inst.stmts) \
                     and inst.inp not in self.graph.outputs
@@ -147,18 +154,20 @@ class Rewrite:
                 paths[layer.attr] = path
         return restore(out, paths)
 
-    def _place(self, inst: _Instance, path: str, out: ModuleParts) -> None:
+    def _place(self, inst: Instance, path: str, out: ModuleParts) -> None:
         for key, array in self.parts.tensors.items():
             head, _, rest = key.partition(".")
             if head in inst.roles:
                 self._moved[f"{path}.{inst.roles[head]}" + (f".{rest}" if rest else "")] = array
 
-    @staticmethod
-    def _stage_name(run) -> str | None:
+    def _stage_name(self, run) -> str | None:
+        if not run[0][0].prefix:  # structure proposed the blocks: stages are numbered, as torchvision's are
+            self.stages += 1
+            return f"stage{self.stages}"
         key = _stage_key(run[0][0].prefix)
         return "_".join(key) if key and sanitize("_".join(key)) else None
 
-    def _emit_class(self, insts: list[_Instance]) -> tuple[str, list[list[str]]]:
+    def _emit_class(self, insts: list[Instance]) -> tuple[str, list[list[str]]]:
         first = next(inst for inst in insts if inst.shortcut is None)
         extended = [inst for inst in insts if inst.shortcut is not None]
         optional = extended[0].shortcut.roles if extended else []
@@ -230,10 +239,11 @@ class Rewrite:
                 for k, inst in enumerate(insts)]
         return cls, args
 
-    def _class_word(self, inst: _Instance, stmts: list[Statement], decl) -> str:
+    def _class_word(self, inst: Instance, stmts: list[Statement], decl) -> str:
         """The instances' name without its numbers ('fire2' -> 'fire', ('inception', '3a') -> 'inception');
         where that says nothing ('conv2_1', 'layer1.0'), what the block does: a dense layer concatenates
-        onto its input, a residual block adds it."""
+        onto its input, a residual block adds it, and one that concatenates its pooled input downsamples
+        beside the residual blocks (ShuffleNet's strided unit)."""
         words = [t for t in inst.prefix if not re.search(r"\d", t)] or [re.sub(r"\d.*", "", t) for t in inst.prefix]
         word = "_".join(w for w in words if w)
         if word.lower() not in _GENERIC:
@@ -241,14 +251,19 @@ class Rewrite:
         x = self.parts.tokens[inst.inp]
         if stmts[-1].expr.startswith("torch.cat([" + x):
             return "DenseLayer"
+        convs = sum(bool(ctor.tree.func) and ast.unparse(ctor.tree.func).startswith("nn.Conv")
+                    for _, ctor, opt in decl if not opt)
+        residual = "Bottleneck" if convs >= 3 else "BasicBlock"
         inputs = {x} | {self.parts.tokens[v] for v in self.parts.tokens if v.endswith("\x00shortcut")}
         if any(" + " in st.expr and any(t in st.expr for t in inputs) for st in stmts):
-            convs = sum(ctor.tree.func and ast.unparse(ctor.tree.func).startswith("nn.Conv") for _, ctor, opt in decl
-                        if not opt)
-            return "Bottleneck" if convs >= 3 else "BasicBlock"
+            return residual
+        pooled = {self.parts.tokens[st.outputs[0]] for st in stmts
+                  if len(st.outputs) == 1 and re.fullmatch(r"self\.\w+\(" + re.escape(x) + r"\)", st.expr)}
+        if any(st.expr.startswith("torch.cat([") and any(t in st.expr for t in pooled) for st in stmts):
+            return residual + "Reduction"
         return "Block"
 
-    def _with_shortcut(self, first: _Instance, ext: _Instance, stmts: list[Statement]) -> list[Statement]:
+    def _with_shortcut(self, first: Instance, ext: Instance, stmts: list[Statement]) -> list[Statement]:
         """``first``'s statements with its input, where ``ext`` reads its shortcut, replaced by
         ``x if self.<optional> is None else <the optional layers applied to x>``."""
         shortcut, tokens, values = ext.shortcut, self.parts.tokens, self.parts.token_values
@@ -279,7 +294,7 @@ class Rewrite:
         return stmts[:consumer] + [guard, swapped] + stmts[consumer + 1:]
 
     @staticmethod
-    def _param_name(inst: _Instance, attr: str, ctor: Ctor, hole: int, first_layer: bool) -> str:
+    def _param_name(inst: Instance, attr: str, ctor: Ctor, hole: int, first_layer: bool) -> str:
         role = inst.roles[attr]
         call = ctor.tree
         kind = ast.unparse(call.func).split(".")[-1].rstrip("123dD")
@@ -332,14 +347,14 @@ def _sequential(run) -> str:
     cls = run[0][1]
     args = [a for _, _, a in run]
     numeric = all(re.fullmatch(r"-?\d+", v) for a in args for v in a) and len({len(a) for a in args}) == 1
-    if len(run) >= MIN_LOOP and numeric:
+    if len(run) >= MIN_LOOP and numeric and all(c == cls for _, c, _ in run):
         columns = [[int(v) for v in column] for column in zip(*args)]
         steps = [(c[0], c[1] - c[0]) for c in columns]
         if all(c[k] == a + d * k for c, (a, d) in zip(columns, steps) for k in range(len(c))):
             terms = [str(a) if d == 0 else (f"{a} + {d} * i" if a else f"{d} * i") for a, d in steps]
             index = "i" if any(d for _, d in steps) else "_"
             return f"nn.Sequential(*({cls}({', '.join(terms)}) for {index} in range({len(run)})))"
-    calls = [f"{cls}({', '.join(a)})" for a in args]
+    calls = [f"{c}({', '.join(a)})" for _, c, a in run]
     items, k = [], 0
     while k < len(calls):
         n = 1

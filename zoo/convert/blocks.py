@@ -1,4 +1,4 @@
-"""Block discovery: repeated subgraphs become ``nn.Module`` classes, runs of them ``nn.Sequential`` stages.
+"""Block discovery: finding the subgraphs a network repeats (:mod:`.blockcode` writes them as classes).
 
 Two signals must agree before a class is formed. Names propose instances: layers whose names share a
 prefix (``fire2_``, ``res3_1_``, ``layer1.0.``) and whose remaining parts (the roles: ``squeeze1x1``,
@@ -7,13 +7,17 @@ region of the forward with a single input and a single output, and all instances
 the same thing once the numbers in their layers' constructors are abstracted. Numbers that differ between
 instances become constructor arguments; numbers that agree stay literals. Names alone would merge blocks
 that only look alike; structure alone cannot tell where a block starts in a chain of identical layers.
+
+Where the names propose nothing (they are counters: ShuffleNet's ``gconv1_7``), structure proposes alone:
+each stretch of the forward between two points where a single tensor is alive is an instance, its layers
+named by kind and order (``conv1``, ``bn1``, ``conv2``, as torchvision names them), and the same test of
+sameness decides which of them form a class.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from .blockcode import Rewrite
 from .ctors import Ctor, kind, parse
 from .ir import Graph
 from .lower import TOKEN, ModuleParts
@@ -22,6 +26,7 @@ from .tree import is_path
 
 _SEP = re.compile(r"[._/:]+")
 _SELF = re.compile(r"self\.(\w+)")
+_KINDS = {"batchnorm": "bn"}  # torchvision's short names, where they differ from the layer's type
 
 
 def _tokens(hint: str, dotted: bool = False) -> list[str]:
@@ -38,7 +43,7 @@ def is_dotted(graph: Graph, parts: ModuleParts) -> bool:
 
 
 @dataclass
-class _Instance:
+class Instance:
     prefix: tuple[str, ...]
     attrs: list[str]  # its layers, in declaration order
     roles: dict[str, str]  # attr -> role inside the block
@@ -48,14 +53,14 @@ class _Instance:
     core: int = 0  # how many of stmts run up to its last layer with weights; the rest is its tail
     signature: tuple = ()
     ctors: dict[str, Ctor] = field(default_factory=dict)
-    shortcut: _Shortcut | None = None
+    shortcut: Shortcut | None = None
 
     def attr_of(self, role: str) -> str:
         return next(a for a, r in self.roles.items() if r == role)
 
 
 @dataclass
-class _Shortcut:
+class Shortcut:
     """Layers some instances apply to the block's input where the others use the input itself (ResNet's
     projection shortcut): they become optional layers of one class, `None` where absent."""
 
@@ -64,7 +69,7 @@ class _Shortcut:
     value: str  # what they compute
 
 
-class _Discovery:
+class Discovery:
     def __init__(self, graph: Graph, parts: ModuleParts, keep: set[str]):
         self.graph, self.parts, self.keep = graph, parts, keep
         self.dotted = is_dotted(graph, parts)
@@ -83,7 +88,7 @@ class _Discovery:
                 self.uses_of_attr.setdefault(a, set()).add(i)
 
     # -- instances ------------------------------------------------------------------------------
-    def instances(self, depth: int) -> list[_Instance]:
+    def instances(self, depth: int) -> list[Instance]:
         groups: dict[tuple[str, ...], list[str]] = {}
         for layer in self.parts.layers:
             toks = _tokens(layer.hint, self.dotted)
@@ -98,7 +103,44 @@ class _Discovery:
                 found.append(inst)
         return found
 
-    def _region(self, prefix, attrs, roles) -> _Instance | None:
+    def stretches(self) -> list[Instance]:
+        """Instances proposed by structure alone: the statements between two points of the forward where a
+        single tensor is alive (the input of what follows), with their layers named by kind and order."""
+        statements = self.parts.statements
+        last_read = {v: i for i, values in enumerate(self.reads) for v in values}
+        for v in self.graph.outputs:
+            last_read[v] = len(statements)
+        alive = {v for v in self.graph.inputs if v in last_read}
+        found, start, inp = [], 0, next(iter(alive)) if len(alive) == 1 else None
+        for i, st in enumerate(statements):
+            alive = {v for v in alive | {o for o in st.outputs if o} if last_read.get(v, -1) > i}
+            if len(alive) != 1:
+                continue
+            stmts, out = list(range(start, i + 1)), next(iter(alive))
+            if found and found[-1].stmts[-1] == start - 1 and not any(self.refs[k] for k in stmts):
+                found[-1] = self._stretch(found[-1].stmts + stmts, found[-1].inp, out)  # its closing ReLU
+            elif inp is not None:
+                inst = self._stretch(stmts, inp, out)
+                if inst is not None:
+                    found.append(inst)
+            start, inp = i + 1, out
+        return [inst for inst in found if inst is not None]
+
+    def _stretch(self, stmts: list[int], inp: str, out: str) -> Instance | None:
+        used = [a for i in stmts for a in self.refs[i]]
+        attrs = [layer.attr for layer in self.parts.layers if layer.attr in used]
+        if not any(a in self.stateful for a in attrs) or any(not self.uses_of_attr[a] <= set(stmts) for a in attrs):
+            return None
+        kinds = [_KINDS.get(kind(self.layers[a].ctor), kind(self.layers[a].ctor)) for a in attrs]
+        order: dict[str, int] = {}
+        roles = {}
+        for a, k in zip(attrs, kinds):
+            order[k] = order.get(k, 0) + 1
+            roles[a] = f"{k}{order[k]}" if kinds.count(k) > 1 else k
+        last = max(i for i in stmts if any(a in self.stateful for a in self.refs[i]))
+        return Instance((), attrs, roles, stmts, inp=inp, out=out, core=last + 1 - stmts[0])
+
+    def _region(self, prefix, attrs, roles) -> Instance | None:
         own = set(attrs)
         used = sorted(i for a in attrs for i in self.uses_of_attr[a])
         lo, hi = used[0], used[-1]
@@ -147,7 +189,7 @@ class _Discovery:
                 continue
             role = roles.get(a) or (what if a in own else joined if inside else re.sub(r"_\d+$", "", a))
             role_of[a] = names.claim(role, fallback=what)
-        return _Instance(prefix, [layer.attr for layer in self.parts.layers if layer.attr in role_of], role_of,
+        return Instance(prefix, [layer.attr for layer in self.parts.layers if layer.attr in role_of], role_of,
                          stmts, inp=next(iter(inputs)), core=hi + 1 - lo)
 
     def _outputs(self, stmts: list[int]) -> list[str]:
@@ -155,7 +197,7 @@ class _Discovery:
         produced = [o for i in stmts for o in self.parts.statements[i].outputs if o]
         return [v for v in produced if (self.users.get(v, set()) - inside) or v in self.graph.outputs]
 
-    def _signature(self, inst: _Instance, stmts: list[int], alias: dict[str, str] | None = None,
+    def _signature(self, inst: Instance, stmts: list[int], alias: dict[str, str] | None = None,
                    skip: set[str] = frozenset()) -> tuple | None:
         """What must be equal for two instances to share a class: the statements with layers replaced by
         roles and tensors by their position, and each layer's constructor without its numbers."""
@@ -182,10 +224,11 @@ class _Discovery:
         return tuple(exprs), tuple(ctors)
 
     # -- classes --------------------------------------------------------------------------------------
-    def classes(self, depth: int) -> list[list[_Instance]]:
-        by_roles: dict[tuple, list[_Instance]] = {}
-        for inst in self.instances(depth):
-            key = tuple(inst.roles[a] for a in inst.attrs if a in self.stateful)
+    def classes(self, instances: list[Instance]) -> list[list[Instance]]:
+        by_roles: dict[tuple, list[Instance]] = {}
+        for inst in instances:
+            # Instances structure proposed must agree on all their layers, those without weights too.
+            key = tuple(inst.roles[a] for a in inst.attrs if a in self.stateful or not inst.prefix)
             by_roles.setdefault(key, []).append(inst)
         found = []
         for group in by_roles.values():
@@ -196,7 +239,7 @@ class _Discovery:
                     other.clear()
         return [cls for cls in found if len(cls) >= 2]  # only what repeats
 
-    def _merge(self, plain: list[_Instance], extended: list[_Instance]) -> bool:
+    def _merge(self, plain: list[Instance], extended: list[Instance]) -> bool:
         """Fold ``extended`` into ``plain`` when it is ``plain`` plus a chain of layers on the input whose
         result takes the input's place."""
         base, ext = plain[0], extended[0]
@@ -220,14 +263,14 @@ class _Discovery:
             sig = self._signature(inst, rest, alias={value: "in"}, skip=set(extra))
             if sig != base.signature:
                 return False
-            shortcuts.append(_Shortcut([inst.roles[a] for a in extra], chain, value))
+            shortcuts.append(Shortcut([inst.roles[a] for a in extra], chain, value))
         for inst, shortcut in zip(extended, shortcuts):
             inst.shortcut = shortcut
         plain.extend(extended)
         plain.sort(key=lambda inst: inst.stmts[0])
         return True
 
-    def _agree(self, group: list[_Instance]) -> list[list[_Instance]]:
+    def _agree(self, group: list[Instance]) -> list[list[Instance]]:
         """Cut every instance's trailing statements to the longest tail that all of them share and that
         leaves one output, then split the group by signature. A class of one instance may still merge."""
         longest = min(len(g.stmts) - g.core for g in group)
@@ -240,10 +283,10 @@ class _Discovery:
                     ok.append((g, stmts, outs[0]))
             if len(ok) < min(2, len(group)):
                 continue
-            classes: dict[tuple, list[_Instance]] = {}
+            classes: dict[tuple, list[Instance]] = {}
             for g, stmts, out in ok:
                 used = {a for i in stmts for a in self.refs[i]}
-                trimmed = _Instance(g.prefix, [a for a in g.attrs if a in used], {a: g.roles[a] for a in used},
+                trimmed = Instance(g.prefix, [a for a in g.attrs if a in used], {a: g.roles[a] for a in used},
                                     stmts, g.inp, out, g.core)
                 # A convolution and its BatchNorm are one layer here: a class needs two of those.
                 weighted = [a for a in trimmed.attrs if a in self.stateful and "Norm" not in self.layers[a].ctor]
@@ -259,20 +302,22 @@ class _Discovery:
         return []
 
 
-def _coverage(classes: list[list[_Instance]]) -> int:
+def _coverage(classes: list[list[Instance]]) -> int:
     return sum(len(inst.attrs) for c in classes for inst in c)
 
 
-def discover_blocks(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> ModuleParts:
-    """``parts`` with repeated blocks replaced by instances of emitted classes (unchanged if none repeat).
+def find_blocks(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> tuple[Discovery, list[list[Instance]]]:
+    """The classes of blocks ``parts`` repeats, each a list of its instances (none overlapping), in order.
     Layers named in ``keep`` stay attributes of the module itself."""
-    finder = _Discovery(graph, parts, {layer.attr for layer in parts.layers if {layer.attr, layer.hint} & set(keep)})
+    finder = Discovery(graph, parts, {layer.attr for layer in parts.layers if {layer.attr, layer.hint} & set(keep)})
     depth_max = max((len(_tokens(layer.hint, finder.dotted)) for layer in parts.layers), default=0)
-    best: list[list[_Instance]] = []
+    best: list[list[Instance]] = []
     for depth in range(1, depth_max + 1):
-        found = finder.classes(depth)
+        found = finder.classes(finder.instances(depth))
         if _coverage(found) > _coverage(best):
             best = found
+    if not best and not finder.dotted:
+        best = finder.classes(finder.stretches())
     taken: set[int] = set()
     kept = []
     for cls in sorted(best, key=lambda c: min(c[0].stmts)):
@@ -281,5 +326,4 @@ def discover_blocks(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset
             kept.append(insts)
             for inst in insts:
                 taken.update(inst.stmts)
-    # An export's module tree comes back even where nothing repeats.
-    return Rewrite(graph, parts, finder).run(kept) if kept or finder.dotted else parts
+    return finder, kept
