@@ -30,7 +30,7 @@ import torchvision
 warnings.filterwarnings("ignore")
 
 import zoo  # noqa: E402
-from zoo.publish.build import prepare_graph  # noqa: E402
+from zoo.weights.conversion import prepare_graph  # noqa: E402
 from zoo.convert import convert, load_converted  # noqa: E402
 from zoo.registry import load_registry  # noqa: E402
 from zoo.publish.standins import build_standin  # noqa: E402

@@ -103,7 +103,7 @@ def steps_from_onnxruntime(path: Path, module: torch.nn.Module, batch: int = 1, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from zoo.publish.build import prepare_graph
+    from zoo.weights.conversion import prepare_graph
     from zoo.convert import load
     from zoo.registry import load_registry
     from zoo.publish.standins import build_standin

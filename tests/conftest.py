@@ -97,7 +97,7 @@ def built_modules(offline_build):
 @pytest.fixture(scope="session")
 def cut_standins(standins, tmp_path_factory):
     """Each registry entry's stand-in cut at its logits and flattened to (N, classes), as the build does."""
-    from zoo.publish.build import prepare_graph
+    from zoo.weights.conversion import prepare_graph
 
     root = tmp_path_factory.mktemp("cut")
     registry = load_registry()

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import zoo
-from zoo.publish.build import prepare_graph
+from zoo.weights.conversion import prepare_graph
 from zoo.weights.download import file_sha256
 from zoo.registry import DEFAULT_REGISTRY, load_registry
 from zoo.weights.pretrained import WeightsError

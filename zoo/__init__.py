@@ -5,16 +5,17 @@
 >>> model = zoo.create_model("resnet50", num_classes=10)
 >>> preprocess, names = zoo.transforms(model), zoo.labels(model)
 """
-__version__ = "0.1.0"
-
 import os as _os
 
-from .modeling.factory import WeightsError, ZooModel, add_models_dir as _add_models_dir, constructor, create_model, list_models  # noqa: E402,E501
+from .version import __version__  # noqa: F401
+
+from .modeling.factory import WeightsError, constructor, create_model, list_models  # noqa: E402
+from .modeling.model import ZooModel  # noqa: E402
 from .modeling.fuse import fuse  # noqa: E402
 from .publish.hub import push_to_hub  # noqa: E402
 from .modeling.optim import param_groups  # noqa: E402
 from .modeling.preprocess import labels, transforms  # noqa: E402
-from .registry import RegistryError, models_dir as _models_dir  # noqa: E402
+from .registry import RegistryError, add_models_dir as _add_models_dir, models_dir as _models_dir  # noqa: E402
 
 if _os.environ.get("ZOO_REGISTRY"):
     _add_models_dir(_models_dir())  # so pickled models of another registry load in a fresh process

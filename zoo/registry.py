@@ -1,16 +1,24 @@
-"""Load and validate zoo/registry.yaml: clear errors naming the entry and field; nothing unknown accepted."""
+"""Load and validate zoo/registry.yaml: clear errors naming the entry and field; nothing unknown accepted.
+Also finds each entry's generated class in zoo/models (or the models/ folder of another registry)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import inspect
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
+
+from . import models as generated_models
+from .convert.naming import class_name
 
 DEFAULT_REGISTRY = Path(__file__).with_name("registry.yaml")
 PACKAGE_MODELS = Path(__file__).with_name("models")
@@ -272,3 +280,33 @@ def _parse(path: Path, mtime_ns: int, size: int) -> Registry:
         except RegistryError as exc:
             errors[str(name)] = exc
     return Registry(path, entries, errors)
+
+
+def generated_class(name: str) -> type[nn.Module]:
+    """The class a registry model's generated source defines (``zoo.models.<name>``), without the model API."""
+    registry = load_registry()
+    registry.entry(name)
+    path = registry.models_dir / f"{name}.py"
+    if not path.is_file():
+        hint = "" if registry.models_dir == PACKAGE_MODELS else f" --registry {registry.path}"
+        raise RegistryError(f"{name}: no generated source {path}; build it with `python scripts/build.py {name}{hint}`")
+    add_models_dir(registry.models_dir)
+    module_name = f"zoo.models.{name}"
+    module = sys.modules.get(module_name)
+    if module is None or Path(module.__file__).resolve() != path.resolve():
+        # Another registry's model of the same name may be imported already: this registry's file wins.
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    generated = getattr(module, class_name(name), None)
+    if not (inspect.isclass(generated) and issubclass(generated, nn.Module)):
+        raise RegistryError(f"{path} should define class {class_name(name)}; run scripts/build.py {name}")
+    return generated
+
+
+def add_models_dir(folder: Path) -> None:
+    """Generated sources of another registry (``ZOO_REGISTRY``) import as ``zoo.models.<name>`` too."""
+    where = str(folder)
+    if where not in generated_models.__path__:
+        generated_models.__path__.insert(0, where)

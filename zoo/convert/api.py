@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from ..version import __version__
 from .blockcode import write_blocks
 from .blocks import find_blocks
 from .emit import Header, Method, emit_body, emit_module, split_at_layer

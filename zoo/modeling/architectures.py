@@ -6,11 +6,11 @@ its import path in any process that uses the same registry (``ZOO_REGISTRY``).
 """
 from __future__ import annotations
 
+from ..registry import load_registry
+from .factory import class_name_for, model_class
+
 
 def __getattr__(attr: str):
-    from .factory import class_name_for, model_class
-    from ..registry import load_registry
-
     for name in load_registry():
         if class_name_for(name) == attr:
             return model_class(name)
@@ -18,7 +18,4 @@ def __getattr__(attr: str):
 
 
 def __dir__() -> list[str]:
-    from .factory import class_name_for
-    from ..registry import load_registry
-
     return [class_name_for(name) for name in load_registry()]

@@ -9,7 +9,9 @@ derived from ``torch.fx`` traces, so it holds whatever the generated module tree
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
@@ -19,6 +21,10 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
+
+from ..registry import generated_class as generated_class_of, load_registry
+
+log = logging.getLogger("zoo")
 
 POOL_MODULES = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 POOL_FUNCTIONS = (F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, torch.mean, torch.amax)
@@ -75,11 +81,8 @@ class FeatureInfo:
 
 def generated_class(model: nn.Module) -> type[nn.Module]:
     """The generated class under a zoo model's ZooModel mixin (its forward traces; the mixin's input checks
-    do not)."""
-    from .factory import ZooModel
-
-    mro = type(model).__mro__
-    return mro[mro.index(ZooModel) + 1] if ZooModel in mro else type(model)
+    do not). The model class records it (:func:`zoo.modeling.factory.model_class`)."""
+    return getattr(type(model), "zoo_generated", type(model))
 
 
 def traceable(model: nn.Module) -> nn.Module:
@@ -492,15 +495,14 @@ def configure(model: nn.Module, saved: dict[str, Any] | None = None, *, features
 def main() -> None:
     """``python -m zoo.modeling.backbone [NAME ...]``: each model's stages (channels, reduction, feature map at the
     native size, the layer it comes from)."""
-    import sys
-
-    from .factory import create_model, list_models
-
-    for name in sys.argv[1:] or list_models():
-        with torch.device("meta"):  # stages come from shapes only: no weights are made
-            model = create_model(name)
+    registry = load_registry()
+    for name, error in registry.errors.items():
+        log.warning("registry entry %s is skipped: %s", name, error)
+    for name in sys.argv[1:] or list(registry):
+        entry = registry.entry(name)  # stages come from shapes only, on the meta device: no weights are made
+        found = _stages_of(generated_class_of(name), entry.classifier, *entry.input_size[1:])[0]
         print(f"{name}:")
-        for d, s in zip(model.feature_info, stages(model)):
+        for d, s in zip(FeatureInfo(found, range(len(found))), found):
             print(f"  {d['index']}: {d['num_chs']:5d} ch  reduction {d['reduction']:2d}  "
                   f"{s.size[0]}x{s.size[1]}  {d['hook_type'] or 'node'} {d['module']}")
 

@@ -3,81 +3,22 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import importlib.util
-import inspect
 import logging
 import os
 import sys
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
 from ..convert.naming import class_name
-from ..registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
+from ..registry import Entry, generated_class, load_registry
+from ..weights.hfhub import hub_weights
 from ..weights.pretrained import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
+from .backbone import configure, restore
+from .model import NATIVE_CLASSES, ZooModel, entry_config
 
 log = logging.getLogger("zoo")
-NATIVE_CLASSES = 1000
-
-
-class ZooModel(nn.Module):
-    """Mixed into every generated model: classifier access, input checks and the pretrained config."""
-
-    classifier_name: str
-    pretrained_cfg: dict[str, Any]
-
-    def get_classifier(self) -> nn.Module:
-        return self.get_submodule(self.classifier_name)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh classifier of the same kind (Linear or 1x1 Conv) with ``num_classes`` outputs; 0 removes it
-        (``forward`` then returns the pooled features). global_pool: as for :func:`create_model`."""
-        from .backbone import new_classifier, set_head
-
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
-        new = new_classifier(self, num_classes)
-        parent, _, leaf = self.classifier_name.rpartition(".")
-        setattr(self.get_submodule(parent) if parent else self, leaf, new)
-        self.num_classes = num_classes
-        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
-        if global_pool is not None or self.pretrained_cfg.get("model_args"):
-            set_head(self, global_pool=global_pool)  # the head options follow the new classifier
-
-    @property
-    def feature_info(self):
-        """Per stage (every drop of spatial resolution, and the final features): num_chs, reduction, module."""
-        from .backbone import FeatureInfo, stages
-
-        found = stages(self)
-        return FeatureInfo(found, range(len(found)))
-
-    def forward_intermediates(self, x: torch.Tensor, indices=None, intermediates_only: bool = False):
-        """(final feature map, [one feature map per stage in ``indices``]), as timm's forward_intermediates."""
-        from .backbone import forward_intermediates
-
-        return forward_intermediates(self, x, indices, intermediates_only)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = self.pretrained_cfg["input_size"][0]
-        if x.dim() != 4 or x.shape[1] != channels:
-            raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
-                             f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
-                             f"got {tuple(x.shape)}")
-        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.modeling.backbone.set_head): a rewritten graph
-            return self.__dict__["_zoo_forward"](x)
-        native = tuple(self.pretrained_cfg["native_size"])
-        if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
-            return super().forward(x)
-        try:
-            return super().forward(x)
-        except RuntimeError as exc:  # a fixed pooling window (or a flatten into a Linear) that needs the native size
-            raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
-                             f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
-                             "`global_pool: adaptive` accepts other sizes") from exc
 
 
 def class_name_for(name: str) -> str:
@@ -85,43 +26,12 @@ def class_name_for(name: str) -> str:
     return f"Zoo{class_name(name)}"
 
 
-def _generated_class(name: str) -> type[nn.Module]:
-    registry = load_registry()
-    registry.entry(name)
-    path = registry.models_dir / f"{name}.py"
-    if not path.is_file():
-        hint = "" if registry.models_dir == PACKAGE_MODELS else f" --registry {registry.path}"
-        raise RegistryError(f"{name}: no generated source {path}; build it with `python scripts/build.py {name}{hint}`")
-    add_models_dir(registry.models_dir)
-    module_name = f"zoo.models.{name}"
-    module = sys.modules.get(module_name)
-    if module is None or Path(module.__file__).resolve() != path.resolve():
-        # Another registry's model of the same name may be imported already: this registry's file wins.
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    generated = getattr(module, class_name(name), None)
-    if not (inspect.isclass(generated) and issubclass(generated, nn.Module)):
-        raise RegistryError(f"{path} should define class {class_name(name)}; run scripts/build.py {name}")
-    return generated
-
-
-def add_models_dir(folder: Path) -> None:
-    """Generated sources of another registry (``ZOO_REGISTRY``) import as ``zoo.models.<name>`` too."""
-    import zoo.models
-
-    where = str(folder)
-    if where not in zoo.models.__path__:
-        zoo.models.__path__.insert(0, where)
-
-
 @lru_cache(maxsize=None)
 def _model_class(name: str, registry_file: str) -> type[ZooModel]:
-    generated = _generated_class(name)
+    generated = generated_class(name)
     cls = type(class_name_for(name), (ZooModel, generated),
                {"__module__": "zoo.modeling.architectures", "__doc__": generated.__doc__, "zoo_name": name,
-                "_zoo_source": sys.modules[generated.__module__]})
+                "zoo_generated": generated, "_zoo_source": sys.modules[generated.__module__]})
     cls.__qualname__ = cls.__name__
     return cls
 
@@ -134,17 +44,6 @@ def model_class(name: str) -> type[ZooModel]:
     # even after another registry's model of the same name was imported.
     sys.modules[cls._zoo_source.__name__] = cls._zoo_source
     return cls
-
-
-def _config(entry: Entry) -> dict[str, Any]:
-    cfg = entry.to_dict()
-    cfg["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["preprocessing"].items()}
-    cfg["input_size"] = list(entry.input_size)
-    cfg["native_size"] = list(entry.input_size[1:])
-    cfg["num_classes"] = NATIVE_CLASSES
-    cfg["weights"] = None
-    cfg["standin"] = None
-    return cfg
 
 
 # What a weights folder's config.json may say about the weights beside it.
@@ -189,18 +88,16 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
         num_classes=0), for models whose head pools.
     These options are recorded in ``pretrained_cfg["model_args"]`` and in a saved ``config.json``.
     """
-    from .backbone import configure, restore
-
     options = {k: kwargs.pop(k) for k in BACKBONE_OPTIONS if k in kwargs}
     if kwargs:
         raise TypeError(f"create_model() got unexpected keyword arguments: {', '.join(kwargs)}")
     if isinstance(name, str) and name.startswith("hf-hub:"):
-        from ..publish.hub import from_hub
-
-        model = from_hub(name[len("hf-hub:"):], num_classes=num_classes)
+        folder, architecture = hub_weights(name[len("hf-hub:"):])
+        model = create_model(architecture, pretrained=folder, num_classes=num_classes)
+        model.pretrained_cfg["weights"] = f"hf-hub:{name[len('hf-hub:'):].partition('@')[0]}@{folder.name}"
         return configure(model, model.pretrained_cfg.get("model_args"), **options)
     entry = load_registry().entry(name)
-    cfg = _config(entry)
+    cfg = entry_config(entry)
     state, where, config = None, None, {}
     if pretrained is True:
         found = resolve_pretrained(entry)

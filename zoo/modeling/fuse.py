@@ -7,6 +7,9 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fx_fuse
 
+from .backbone import generated_class
+from .model import ZooModel
+
 
 class _Traceable(nn.Module):
     """Runs the generated ``forward`` (without ZooModel's Python input checks, which FX cannot trace)."""
@@ -34,15 +37,12 @@ def fuse(model: nn.Module, *, channels_last: bool = True) -> nn.Module:
     weights in channels_last layout. Numerically equal to ``model.eval()`` up to float rounding; not
     meant for training. A zoo model's ``pretrained_cfg`` is kept, so ``zoo.transforms`` and ``zoo.labels``
     work on the result; ``forward_features`` and the classifier helpers are not (use the original)."""
-    from .factory import ZooModel
-
     if model.training:
         raise ValueError("zoo.fuse folds BatchNorm's running statistics and is for inference: call model.eval() "
                          "first (and fine-tune the original, not the fused copy)")
     model = copy.deepcopy(model)
     if isinstance(model, ZooModel):
-        generated = next(c for c in type(model).__mro__[1:] if "forward" in c.__dict__ and c is not ZooModel)
-        traceable = _Traceable(model, generated.forward)
+        traceable = _Traceable(model, generated_class(model).forward)
     else:
         traceable = model
     fused = fx_fuse(traceable, inplace=True)

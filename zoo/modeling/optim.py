@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .backbone import _trace, stages
+
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
@@ -13,8 +15,6 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
     """({parameter name: depth}, number of depths). Depth i < S holds the layers computed up to stage i's
     feature map (stage 0 includes the stem); depth S everything after the last stage (the head, classifier
     last of all). Parameters the graph never uses count as head."""
-    from .backbone import _trace, stages
-
     found = stages(model)
     gm, qualname = _trace(model)
     boundaries = {s.node: i for i, s in enumerate(found)}
@@ -87,8 +87,6 @@ def param_groups(model: nn.Module, lr: float, *, weight_decay: float, layer_deca
 def freeze_until(model: nn.Module, stage: int) -> list[str]:
     """Freeze every parameter up to and including stage ``stage`` (its feature map and all before it);
     return their names. Their batch-norm layers should stay in eval mode while training (finetune does)."""
-    from .backbone import stages
-
     found = stages(model)
     n = len(found)
     if isinstance(stage, bool) or not isinstance(stage, int) or not -n <= stage < n:

@@ -1,6 +1,6 @@
 """Models on the Hugging Face Hub, timm-style and without remote code: ``push_to_hub`` uploads weights, a
 config.json naming a registry architecture and a model card; ``create_model("hf-hub:org/name")`` builds
-that registry architecture and loads them. Nothing is ever imported from a repository."""
+that registry architecture and loads them (reading them is :mod:`zoo.weights.hfhub`)."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,10 @@ from typing import Any
 from safetensors.torch import save_file
 
 from ..convert.api import write_atomically
+from ..modeling.factory import model_config
+from ..modeling.model import ZooModel
 from ..weights.download import file_sha256
-from ..registry import RegistryError, load_registry
-from ..weights.pretrained import WeightsError
-
-FILES = ("model.safetensors", "config.json", "README.md")
+from ..weights.hfhub import FILES
 
 
 class PublishError(RuntimeError):
@@ -67,8 +66,6 @@ def verify_upload(repo: str, revision: str, sha256: str, *, endpoint: str | None
 def save_pretrained(model, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and its ``config.json`` (classes, labels, preprocessing) into ``folder``;
     ``zoo.create_model(name, pretrained=folder)`` reads them back."""
-    from ..modeling.factory import model_config
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -98,8 +95,6 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
 
     ``zoo.create_model(f"hf-hub:{repo_id}")`` then rebuilds it from the registry architecture it names.
     """
-    from ..modeling.factory import ZooModel
-
     backbone = hasattr(model, "feature_info") and hasattr(model, "pretrained_cfg")  # features_only=True
     if not (isinstance(model, ZooModel) or backbone):
         raise TypeError(f"push_to_hub takes a zoo model (zoo.create_model(...)), got {type(model).__name__}")
@@ -115,33 +110,4 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
         return pushed
 
 
-def from_hub(spec: str, *, num_classes: int | None = None):
-    """``create_model("hf-hub:org/name[@revision]")``: always with the repository's weights."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from ..modeling.factory import create_model
-
-    repo, _, revision = spec.partition("@")
-    try:
-        folder = Path(snapshot_download(repo, revision=revision or None, allow_patterns=list(FILES),
-                                        endpoint=os.environ.get("HF_ENDPOINT") or None))
-    except LocalEntryNotFoundError:
-        raise WeightsError(f"hf-hub:{spec}: not in the local Hub cache and the Hub could not be reached") from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise WeightsError(f"hf-hub:{spec}: {exc}") from None
-    config_path = folder / "config.json"
-    if not config_path.is_file() or not (folder / "model.safetensors").is_file():
-        raise WeightsError(f"hf-hub:{spec}: the repository needs model.safetensors and config.json")
-    architecture = json.loads(config_path.read_text()).get("architecture")
-    try:
-        load_registry().entry(architecture)
-    except (RegistryError, TypeError):
-        raise WeightsError(f"hf-hub:{spec}: config.json names architecture {architecture!r}, which is not a model of "
-                           "this zoo's registry (zoo never imports code from a repository)") from None
-    model = create_model(architecture, pretrained=folder, num_classes=num_classes)
-    model.pretrained_cfg["weights"] = f"hf-hub:{repo}@{folder.name}"
-    return model
-
-
-__all__ = ["push_to_hub", "save_pretrained", "from_hub", "HubPublisher", "PublishError", "verify_upload"]
+__all__ = ["push_to_hub", "save_pretrained", "HubPublisher", "PublishError", "verify_upload"]

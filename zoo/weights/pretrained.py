@@ -13,14 +13,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .download import file_sha256
 from ..registry import Entry, load_registry
+from .download import file_sha256
+from .errors import WeightsError
+from .rebuild import upstream_weights
 
 log = logging.getLogger("zoo")
-
-
-class WeightsError(ValueError):
-    """Weights could not be found, fetched, verified or fitted; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,6 @@ def resolve_pretrained(entry: Entry) -> Found:
         except WeightsError as exc:
             hub_problem = exc
             log.warning("%s; trying the pinned ONNX file instead", exc)
-    from .rebuild import upstream_weights
-
     try:
         path = upstream_weights(entry)
     except WeightsError as exc:

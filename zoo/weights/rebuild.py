@@ -15,12 +15,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from filelock import FileLock, Timeout
 from safetensors import safe_open
 
+from ..registry import Entry, generated_class
+from .conversion import BuildError, convert_entry, fingerprint
 from .download import DownloadError, cache_root, fetch, file_sha256, is_offline, mirrored
-from ..registry import Entry
-from .pretrained import WeightsError
+from .errors import WeightsError
 
 log = logging.getLogger("zoo")
 WEIGHTS = "model.safetensors"
@@ -28,8 +30,6 @@ CHECKSUM = "model.safetensors.sha256"
 
 
 def cache_folder(entry: Entry) -> Path:
-    from ..publish.build import fingerprint
-
     return cache_root() / entry.name / entry.source.sha256 / fingerprint(entry, standin=False)[:16]
 
 
@@ -47,12 +47,8 @@ def _cached(folder: Path) -> Path | None:
 
 def _check_layers(entry: Entry, weights: Path) -> None:
     """The upstream graph must still give the committed source's layers: same keys, same shapes."""
-    from ..modeling.factory import model_class
-
-    import torch
-
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in model_class(entry.name)().state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in generated_class(entry.name)().state_dict().items()}
     with safe_open(str(weights), framework="pt") as f:
         got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     for key in sorted(set(expected) | set(got)):
@@ -107,8 +103,6 @@ def upstream_weights(entry: Entry) -> Path:
         if found is not None:
             return found
         _sweep(folder)
-        from ..publish.build import BuildError, convert_entry
-
         log.info("%s: no published weights; fetching %s", entry.name, entry.source.file)
         onnx_path = _fetch(entry)
         log.info("%s: converting %s into the committed module's weights", entry.name, onnx_path)

@@ -1,0 +1,75 @@
+"""The class every zoo model is an instance of: its generated class with :class:`ZooModel` mixed in."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..registry import Entry
+from .backbone import FeatureInfo, forward_intermediates, new_classifier, set_head, stages
+
+NATIVE_CLASSES = 1000
+
+
+class ZooModel(nn.Module):
+    """Mixed into every generated model: classifier access, input checks and the pretrained config."""
+
+    classifier_name: str
+    pretrained_cfg: dict[str, Any]
+
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.classifier_name)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier of the same kind (Linear or 1x1 Conv) with ``num_classes`` outputs; 0 removes it
+        (``forward`` then returns the pooled features). global_pool: as for :func:`create_model`."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
+        new = new_classifier(self, num_classes)
+        parent, _, leaf = self.classifier_name.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, leaf, new)
+        self.num_classes = num_classes
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        if global_pool is not None or self.pretrained_cfg.get("model_args"):
+            set_head(self, global_pool=global_pool)  # the head options follow the new classifier
+
+    @property
+    def feature_info(self):
+        """Per stage (every drop of spatial resolution, and the final features): num_chs, reduction, module."""
+        found = stages(self)
+        return FeatureInfo(found, range(len(found)))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, intermediates_only: bool = False):
+        """(final feature map, [one feature map per stage in ``indices``]), as timm's forward_intermediates."""
+        return forward_intermediates(self, x, indices, intermediates_only)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = self.pretrained_cfg["input_size"][0]
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
+                             f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
+                             f"got {tuple(x.shape)}")
+        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.modeling.backbone.set_head): a rewritten graph
+            return self.__dict__["_zoo_forward"](x)
+        native = tuple(self.pretrained_cfg["native_size"])
+        if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
+            return super().forward(x)
+        try:
+            return super().forward(x)
+        except RuntimeError as exc:  # a fixed pooling window (or a flatten into a Linear) that needs the native size
+            raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
+                             f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
+                             "`global_pool: adaptive` accepts other sizes") from exc
+
+
+def entry_config(entry: Entry) -> dict[str, Any]:
+    """A model's ``pretrained_cfg`` before any weights are loaded: the registry entry and its native size."""
+    cfg = entry.to_dict()
+    cfg["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["preprocessing"].items()}
+    cfg["input_size"] = list(entry.input_size)
+    cfg["native_size"] = list(entry.input_size[1:])
+    cfg["num_classes"] = NATIVE_CLASSES
+    cfg["weights"] = None
+    cfg["standin"] = None
+    return cfg
