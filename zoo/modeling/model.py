@@ -17,6 +17,7 @@ class ZooModel(nn.Module):
 
     classifier_name: str
     pretrained_cfg: dict[str, Any]
+    zoo_generated: type[nn.Module]  # the generated class beneath (zoo.modeling.factory.model_class sets it)
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
