@@ -81,7 +81,7 @@ class FeatureInfo:
 
 def generated_class(model: nn.Module) -> type[nn.Module]:
     """The generated class under a zoo model's ZooModel mixin (its forward traces; the mixin's input checks
-    do not). The model class records it (:func:`zoo.modeling.factory.model_class`)."""
+    do not). The model class records it (``ZooModel.zoo_generated``)."""
     return getattr(type(model), "zoo_generated", type(model))
 
 

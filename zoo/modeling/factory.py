@@ -31,7 +31,7 @@ def _model_class(name: str, registry_file: str) -> type[ZooModel]:
     generated = generated_class(name)
     cls = type(class_name_for(name), (ZooModel, generated),
                {"__module__": "zoo.modeling.architectures", "__doc__": generated.__doc__, "zoo_name": name,
-                "zoo_generated": generated, "_zoo_source": sys.modules[generated.__module__]})
+                "_zoo_source": sys.modules[generated.__module__]})
     cls.__qualname__ = cls.__name__
     return cls
 

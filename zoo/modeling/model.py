@@ -17,7 +17,12 @@ class ZooModel(nn.Module):
 
     classifier_name: str
     pretrained_cfg: dict[str, Any]
-    zoo_generated: type[nn.Module]  # the generated class beneath (zoo.modeling.factory.model_class sets it)
+    zoo_generated: type[nn.Module]  # the generated class beneath, whose forward traces (the mixin's checks do not)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        cls.zoo_generated = mro[mro.index(ZooModel) + 1]
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
