@@ -6,10 +6,15 @@ For each zoo model (built from its stand-in graph: speed does not depend on weig
 - conversion time, zoo.convert vs onnx2torch (where installed and able to convert);
 - inference latency per batch size: the generated module (eager), its flat form (structure=False), the
   same with zoo.fuse (BatchNorm folded, channels_last), that under torch.compile (compiled during warm-up,
-  not timed), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
-  and onnx2torch's module;
+  not timed), zoo.optimize (fuse + torch.compile with Inductor's freezing, compiled for each batch size
+  before timing), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file
+  (all graph optimizations, as many threads as torch, spinning off), and onnx2torch's module; the order
+  rotates every repeat;
 - time to load the weights from a local safetensors file (what a warm Hub cache costs);
-- peak traced memory (tracemalloc) of one conversion.
+- peak traced memory (tracemalloc) of one conversion;
+- the VGG-19 stand-in's conversion (548 MB of weights) in a fresh process: time and peak RSS
+  (scripts/corpus.py --big-weights measures the same way); ``--baseline old.json`` prints a previous run's
+  figures beside this run's.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from pathlib import Path
 
 import torch
 import torchvision
+
+from corpus import measure_conversion, vgg19_standin  # scripts/corpus.py, beside this file
 
 warnings.filterwarnings("ignore")
 
@@ -65,6 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(TORCHVISION))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", type=Path, default=Path("out/bench.json"))
+    parser.add_argument("--baseline", type=Path, help="a previous run's --json, printed beside this run")
+    parser.add_argument("--no-big-weights", dest="big_weights", action="store_false",
+                        help="skip the VGG-19 stand-in conversion (builds a 548 MB file on first use)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -75,6 +85,14 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine, "device": args.device, "models": {}}
     import onnxruntime as ort
 
+    if args.big_weights:
+        path = vgg19_standin()
+        runs = [measure_conversion(path) for _ in range(args.repeat)]
+        weights_mb = path.stat().st_size / 2**20
+        results["big_weights"] = {"weights_mb": weights_mb,
+                                  "convert_s": statistics.median(r.seconds for r in runs),
+                                  "peak_rss_mb": max(r.peak_mb for r in runs),
+                                  "above_imports_mb": max(r.extra_mb for r in runs), "probed": runs[0].probed}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         tmp = Path(tmp)
         for name in args.models:
@@ -132,6 +150,11 @@ def main(argv=None) -> int:
                 if session is not None:
                     timings["onnxruntime"] = []
                 runnable = dict(candidates)
+                try:  # compiled for this batch size, outside the timed loop
+                    runnable["optimize"] = zoo.optimize(generated, x)
+                    timings["optimize"] = []
+                except Exception as exc:  # noqa: BLE001
+                    row.setdefault("errors", {})[f"optimize@{batch}"] = f"{type(exc).__name__}: {str(exc)[:100]}"
                 for k, module in list(runnable.items()):  # warm up; drop what cannot run this batch
                     try:
                         module(x)
@@ -166,10 +189,19 @@ def main(argv=None) -> int:
         print(f"{name:<14} {row['convert_s']:>9.2f} {o2t_s:>7} {row['convert_peak_mb']:>8.0f} {row['load_weights_s']:>7.2f}")
     total = sum(r["convert_s"] for r in results["models"].values())
     print(f"{'all':<14} {total:>9.2f}\n")
-    columns = ["zoo", "flat", "zoo+fuse", "fuse+compile", "torchvision", "onnxruntime", "onnx2torch"]
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else {}
+    for label, run in (("this run", results), (f"baseline {args.baseline}", baseline)):
+        big = run.get("big_weights")
+        if big:
+            print(f"vgg19 stand-in conversion ({label}): {big['convert_s']:.2f} s, peak RSS {big['peak_rss_mb']:.0f} MB, "
+                  f"{big['above_imports_mb']:.0f} MB above the imports "
+                  f"({big['above_imports_mb'] / big['weights_mb']:.2f}x the weights)")
+    print()
+    columns = ["zoo", "flat", "zoo+fuse", "fuse+compile", "optimize", "torchvision", "onnxruntime", "onnx2torch"]
+    optimized_vs_ort = []
     for batch in args.batch_sizes:
         print(f"latency ms @ batch {batch}: " + "  ".join(f"{c:>11}" for c in columns)
-              + "   zoo/flat  zoo/tv  fuse/ort  compiled/ort")
+              + "   zoo/flat  zoo/tv  fuse/ort  compiled/ort  optimize/ort")
         for name, row in results["models"].items():
             lat = row[f"latency_ms@{batch}"]
             cells = "  ".join(f"{lat[c]:>11.1f}" if c in lat else f"{'-':>11}" for c in columns)
@@ -178,7 +210,18 @@ def main(argv=None) -> int:
             ratio_c = f"{lat['fuse+compile'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat and \
                 "fuse+compile" in lat else "-"
             ratio_flat = f"{lat['zoo'] / lat['flat']:.2f}" if "flat" in lat else "-"
-            print(f"  {name:<22} {cells}   {ratio_flat:>8}  {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}")
+            ratio_o = "-"
+            if "onnxruntime" in lat and "optimize" in lat:
+                optimized_vs_ort.append(lat["optimize"] / lat["onnxruntime"])
+                ratio_o = f"{optimized_vs_ort[-1]:.2f}"
+            print(f"  {name:<22} {cells}   {ratio_flat:>8}  {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}  {ratio_o:>12}")
+            old = baseline.get("models", {}).get(name, {}).get(f"latency_ms@{batch}", {})
+            if old.get("onnxruntime") and old.get("optimize"):
+                print(f"  {'  baseline':<22} optimize/ort {old['optimize'] / old['onnxruntime']:.2f}")
+    if optimized_vs_ort:
+        geomean = statistics.geometric_mean(optimized_vs_ort)
+        results["optimize_vs_onnxruntime"] = {"geomean": geomean, "worst": max(optimized_vs_ort)}
+        print(f"\noptimize/onnxruntime: geometric mean {geomean:.2f}, worst {max(optimized_vs_ort):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=float))
