@@ -82,3 +82,24 @@ def test_probing_a_graph_with_big_weights_holds_them_in_memory_about_once(tmp_pa
     assert done.probed, "the guard graph no longer takes the probe path"
     assert done.extra_mb <= 1.5 * weights_mb, \
         f"{done.extra_mb:.0f} MB above the imports for {weights_mb:.0f} MB of weights ({done.seconds:.1f} s)"
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    with open("/proc/self/maps") as f:
+        rows = [line.split() for line in f if line.rstrip().endswith(str(path))]
+    return [tuple(int(x, 16) for x in row[0].split("-")) for row in rows]
+
+
+def test_pretrained_weights_are_a_map_of_the_safetensors_file(tmp_path):
+    """Loading weights (VGG-19's are 548 MB) holds no second copy: every parameter lives in the file's map."""
+    from safetensors.torch import save_file
+
+    import zoo
+
+    state = {k: v.contiguous() for k, v in zoo.squeezenet1_1().state_dict().items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    model = zoo.create_model("squeezenet1_1", pretrained=tmp_path)
+    ranges = _mapped_ranges((tmp_path / "model.safetensors").resolve())
+    assert ranges, "the weights file is not mapped"
+    for name, p in model.named_parameters():
+        assert any(lo <= p.data_ptr() < hi for lo, hi in ranges), f"{name} is a copy, not the file's map"
