@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,10 +30,15 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-import torch
-import torchvision
+# OpenMP threads that spin while waiting steal the cores from the next runner, as onnxruntime's would (its
+# spinning is off below); on a shared machine spinning made compiled models up to 50x slower. Read by the
+# OpenMP runtime when torch loads, so it must be set before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from corpus import measure_conversion, vgg19_standin  # scripts/corpus.py, beside this file
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from corpus import measure_conversion, vgg19_standin  # noqa: E402 - scripts/corpus.py, beside this file
 
 warnings.filterwarnings("ignore")
 
@@ -82,7 +88,8 @@ def main(argv=None) -> int:
     registry = load_registry()
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}, "
                f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
-    results: dict = {"machine": machine, "device": args.device, "models": {}}
+    machine += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    results: dict = {"machine": machine, "device": args.device, "models": {}, "load_average": [os.getloadavg()[0]]}
     import onnxruntime as ort
 
     if args.big_weights:
@@ -182,7 +189,10 @@ def main(argv=None) -> int:
             results["models"][name] = row
             print(f"{name}: {json.dumps(row, default=float)}", file=sys.stderr)
 
-    print(f"\n{machine}; median of {args.repeat}, inference in torch.inference_mode on {args.device}\n")
+    results["load_average"].append(os.getloadavg()[0])
+    print(f"\n{machine}; median of {args.repeat}, inference in torch.inference_mode on {args.device}; "
+          f"1-minute load average {results['load_average'][0]:.1f} at the start, {results['load_average'][1]:.1f} "
+          f"at the end\n")
     print(f"{'model':<14} {'convert s':>9} {'o2t s':>7} {'peak MB':>8} {'load s':>7}")
     for name, row in results["models"].items():
         o2t_s = f"{row['onnx2torch_convert_s']:.2f}" if row["onnx2torch_convert_s"] else "-"
