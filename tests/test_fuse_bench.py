@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def test_benchmark_script_writes_its_table(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--repeat", "1", "--batch-sizes", "1",
                            "--models", "squeezenet1_1", "--json", str(out), "--no-big-weights"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # this checkout's zoo, not an installed one
     assert done.returncode == 0, done.stderr[-2000:]
     assert "latency ms @ batch 1" in done.stdout and "squeezenet1_1" in done.stdout
     row = json.loads(out.read_text())["models"]["squeezenet1_1"]
