@@ -6,15 +6,21 @@ For each zoo model (built from its stand-in graph: speed does not depend on weig
 - conversion time, zoo.convert vs onnx2torch (where installed and able to convert);
 - inference latency per batch size: the generated module (eager), its flat form (structure=False), the
   same with zoo.fuse (BatchNorm folded, channels_last), that under torch.compile (compiled during warm-up,
-  not timed), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file,
-  and onnx2torch's module;
+  not timed), zoo.optimize (fuse + torch.compile with Inductor's freezing, compiled for each batch size
+  before timing), torchvision's hand-written module of the same architecture, onnxruntime on the ONNX file
+  (all graph optimizations, as many threads as torch, spinning off), and onnx2torch's module; the order
+  rotates every repeat;
 - time to load the weights from a local safetensors file (what a warm Hub cache costs);
-- peak traced memory (tracemalloc) of one conversion.
+- peak traced memory (tracemalloc) of one conversion;
+- the VGG-19 stand-in's conversion (548 MB of weights) in a fresh process: time and peak RSS
+  (scripts/corpus.py --big-weights measures the same way); ``--baseline old.json`` prints a previous run's
+  figures beside this run's.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -24,8 +30,15 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
-import torch
-import torchvision
+# OpenMP threads that spin while waiting steal the cores from the next runner, as onnxruntime's would (its
+# spinning is off below); on a shared machine spinning made compiled models up to 50x slower. Read by the
+# OpenMP runtime when torch loads, so it must be set before the import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from corpus import measure_conversion, vgg19_standin  # noqa: E402 - scripts/corpus.py, beside this file
 
 warnings.filterwarnings("ignore")
 
@@ -65,6 +78,9 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(TORCHVISION))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", type=Path, default=Path("out/bench.json"))
+    parser.add_argument("--baseline", type=Path, help="a previous run's --json, printed beside this run")
+    parser.add_argument("--no-big-weights", dest="big_weights", action="store_false",
+                        help="skip the VGG-19 stand-in conversion (builds a 548 MB file on first use)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -72,9 +88,18 @@ def main(argv=None) -> int:
     registry = load_registry()
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}, "
                f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
-    results: dict = {"machine": machine, "device": args.device, "models": {}}
+    machine += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    results: dict = {"machine": machine, "device": args.device, "models": {}, "load_average": [os.getloadavg()[0]]}
     import onnxruntime as ort
 
+    if args.big_weights:
+        path = vgg19_standin()
+        runs = [measure_conversion(path) for _ in range(args.repeat)]
+        weights_mb = path.stat().st_size / 2**20
+        results["big_weights"] = {"weights_mb": weights_mb,
+                                  "convert_s": statistics.median(r.seconds for r in runs),
+                                  "peak_rss_mb": max(r.peak_mb for r in runs),
+                                  "above_imports_mb": max(r.extra_mb for r in runs), "probed": runs[0].probed}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         tmp = Path(tmp)
         for name in args.models:
@@ -132,6 +157,11 @@ def main(argv=None) -> int:
                 if session is not None:
                     timings["onnxruntime"] = []
                 runnable = dict(candidates)
+                try:  # compiled for this batch size, outside the timed loop
+                    runnable["optimize"] = zoo.optimize(generated, x)
+                    timings["optimize"] = []
+                except Exception as exc:  # noqa: BLE001
+                    row.setdefault("errors", {})[f"optimize@{batch}"] = f"{type(exc).__name__}: {str(exc)[:100]}"
                 for k, module in list(runnable.items()):  # warm up; drop what cannot run this batch
                     try:
                         module(x)
@@ -159,17 +189,29 @@ def main(argv=None) -> int:
             results["models"][name] = row
             print(f"{name}: {json.dumps(row, default=float)}", file=sys.stderr)
 
-    print(f"\n{machine}; median of {args.repeat}, inference in torch.inference_mode on {args.device}\n")
+    results["load_average"].append(os.getloadavg()[0])
+    print(f"\n{machine}; median of {args.repeat}, inference in torch.inference_mode on {args.device}; "
+          f"1-minute load average {results['load_average'][0]:.1f} at the start, {results['load_average'][1]:.1f} "
+          f"at the end\n")
     print(f"{'model':<14} {'convert s':>9} {'o2t s':>7} {'peak MB':>8} {'load s':>7}")
     for name, row in results["models"].items():
         o2t_s = f"{row['onnx2torch_convert_s']:.2f}" if row["onnx2torch_convert_s"] else "-"
         print(f"{name:<14} {row['convert_s']:>9.2f} {o2t_s:>7} {row['convert_peak_mb']:>8.0f} {row['load_weights_s']:>7.2f}")
     total = sum(r["convert_s"] for r in results["models"].values())
     print(f"{'all':<14} {total:>9.2f}\n")
-    columns = ["zoo", "flat", "zoo+fuse", "fuse+compile", "torchvision", "onnxruntime", "onnx2torch"]
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else {}
+    for label, run in (("this run", results), (f"baseline {args.baseline}", baseline)):
+        big = run.get("big_weights")
+        if big:
+            print(f"vgg19 stand-in conversion ({label}): {big['convert_s']:.2f} s, peak RSS {big['peak_rss_mb']:.0f} MB, "
+                  f"{big['above_imports_mb']:.0f} MB above the imports "
+                  f"({big['above_imports_mb'] / big['weights_mb']:.2f}x the weights)")
+    print()
+    columns = ["zoo", "flat", "zoo+fuse", "fuse+compile", "optimize", "torchvision", "onnxruntime", "onnx2torch"]
+    optimized_vs_ort = []
     for batch in args.batch_sizes:
         print(f"latency ms @ batch {batch}: " + "  ".join(f"{c:>11}" for c in columns)
-              + "   zoo/flat  zoo/tv  fuse/ort  compiled/ort")
+              + "   zoo/flat  zoo/tv  fuse/ort  compiled/ort  optimize/ort")
         for name, row in results["models"].items():
             lat = row[f"latency_ms@{batch}"]
             cells = "  ".join(f"{lat[c]:>11.1f}" if c in lat else f"{'-':>11}" for c in columns)
@@ -178,7 +220,18 @@ def main(argv=None) -> int:
             ratio_c = f"{lat['fuse+compile'] / lat['onnxruntime']:.2f}" if "onnxruntime" in lat and \
                 "fuse+compile" in lat else "-"
             ratio_flat = f"{lat['zoo'] / lat['flat']:.2f}" if "flat" in lat else "-"
-            print(f"  {name:<22} {cells}   {ratio_flat:>8}  {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}")
+            ratio_o = "-"
+            if "onnxruntime" in lat and "optimize" in lat:
+                optimized_vs_ort.append(lat["optimize"] / lat["onnxruntime"])
+                ratio_o = f"{optimized_vs_ort[-1]:.2f}"
+            print(f"  {name:<22} {cells}   {ratio_flat:>8}  {ratio_tv:>6}  {ratio_ort:>8}  {ratio_c:>12}  {ratio_o:>12}")
+            old = baseline.get("models", {}).get(name, {}).get(f"latency_ms@{batch}", {})
+            if old.get("onnxruntime") and old.get("optimize"):
+                print(f"  {'  baseline':<22} optimize/ort {old['optimize'] / old['onnxruntime']:.2f}")
+    if optimized_vs_ort:
+        geomean = statistics.geometric_mean(optimized_vs_ort)
+        results["optimize_vs_onnxruntime"] = {"geomean": geomean, "worst": max(optimized_vs_ort)}
+        print(f"\noptimize/onnxruntime: geometric mean {geomean:.2f}, worst {max(optimized_vs_ort):.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, default=float))

@@ -196,32 +196,62 @@ def _result(problem: str) -> tuple[bool, str]:
     return (not problem), problem or "matches"
 
 
+# Linux's VmHWM (peak RSS of this process, file-backed pages included) rather than ru_maxrss: a child started
+# by vfork inherits its parent's ru_maxrss, which would hide the conversion's own peak under the parent's.
 _CONVERT_ONCE = """
-import resource, sys, tempfile, time
-from zoo.convert import convert
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+import sys, tempfile, time
+from zoo.convert import convert, shapes
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+probes, probe = [], shapes.probe
+shapes.probe = lambda *a: probes.append(1) or probe(*a)
+base = peak_kb()
 start = time.perf_counter()
 convert(sys.argv[1], tempfile.mkdtemp())
-print(time.perf_counter() - start, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - start, base, peak_kb(), len(probes))
 """
 
 
-def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
-    """Conversion time and peak memory of the VGG-19 stand-in (548 MB of weights), each run a fresh process."""
+@dataclass(frozen=True)
+class Conversion:
+    seconds: float
+    base_mb: float  # peak RSS after the imports
+    peak_mb: float
+    probed: bool  # whether the conversion ran the graph (shapes.probe) to learn shapes
+
+    @property
+    def extra_mb(self) -> float:
+        return self.peak_mb - self.base_mb
+
+
+def measure_conversion(path: Path) -> Conversion:
+    """Time and peak RSS of ``zoo.convert.convert`` on ``path`` in a fresh process (Linux)."""
+    out = subprocess.run([sys.executable, "-c", _CONVERT_ONCE, str(path)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return Conversion(float(out[0]), int(out[1]) / 1024, int(out[2]) / 1024, int(out[3]) > 0)
+
+
+def vgg19_standin(cache: Path = DEFAULT_CACHE) -> Path:
+    """The VGG-19 stand-in (548 MB of seeded random weights), built once into ``cache``."""
     from zoo.publish.standins import build_standin
 
     path = cache / "standins" / "vgg19.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_standin("vgg19", path)
+    return path
+
+
+def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
+    """Conversion time and peak memory of the VGG-19 stand-in, each run a fresh process."""
+    path = vgg19_standin(cache)
     weights_mb = path.stat().st_size / 2**20
     for _ in range(repeat):
-        out = subprocess.run([sys.executable, "-c", _CONVERT_ONCE, str(path)], capture_output=True, text=True,
-                             check=True).stdout.split()
-        seconds, base_kb, peak_kb = float(out[0]), int(out[1]), int(out[2])
-        extra = (peak_kb - base_kb) / 1024
-        print(f"vgg19 stand-in ({weights_mb:.0f} MB): converted in {seconds:.2f} s, peak RSS {peak_kb / 1024:.0f} MB "
-              f"({extra:.0f} MB above the imports, {extra / weights_mb:.2f}x the weights)", flush=True)
+        c = measure_conversion(path)
+        print(f"vgg19 stand-in ({weights_mb:.0f} MB): converted in {c.seconds:.2f} s, peak RSS {c.peak_mb:.0f} MB "
+              f"({c.extra_mb:.0f} MB above the imports, {c.extra_mb / weights_mb:.2f}x the weights)"
+              f"{', probed' if c.probed else ''}", flush=True)
 
 
 def main(argv=None) -> int:

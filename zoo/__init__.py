@@ -13,6 +13,7 @@ from .modeling.factory import WeightsError, constructor, create_model, list_mode
 from .modeling.model import ZooModel  # noqa: E402
 from .modeling.fuse import fuse  # noqa: E402
 from .publish.hub import push_to_hub  # noqa: E402
+from .modeling.optimize import optimize  # noqa: E402
 from .modeling.optim import param_groups  # noqa: E402
 from .modeling.preprocess import labels, transforms  # noqa: E402
 from .registry import RegistryError, add_models_dir as _add_models_dir, models_dir as _models_dir  # noqa: E402
@@ -20,7 +21,7 @@ from .registry import RegistryError, add_models_dir as _add_models_dir, models_d
 if _os.environ.get("ZOO_REGISTRY"):
     _add_models_dir(_models_dir())  # so pickled models of another registry load in a fresh process
 
-_API = ["create_model", "list_models", "fuse", "transforms", "labels", "push_to_hub", "param_groups", "ZooModel",
+_API = ["create_model", "list_models", "fuse", "optimize", "transforms", "labels", "push_to_hub", "param_groups", "ZooModel",
         "WeightsError", "RegistryError"]
 
 

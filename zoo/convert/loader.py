@@ -23,15 +23,6 @@ class LoadedModel:
     # Big initializers read straight into arrays, kept out of ``proto`` so the weights are in memory once.
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def full_proto(self) -> onnx.ModelProto:
-        """``proto`` with the initializers kept apart put back (a copy; for running it with onnxruntime)."""
-        if not self.weights:
-            return self.proto
-        full = onnx.ModelProto()
-        full.CopyFrom(self.proto)
-        full.graph.initializer.extend(numpy_helper.from_array(a, name) for name, a in self.weights.items())
-        return full
-
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()

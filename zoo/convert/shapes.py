@@ -83,14 +83,14 @@ def _feed(inp: onnx.ValueInfoProto, run: int, batch: int, rng: np.random.Generat
     return rng.integers(0, 4, shape).astype(dtype)
 
 
-def probe(model: onnx.ModelProto, runtime_inputs: list[str], wanted: list[str]
-          ) -> dict[str, tuple[tuple, np.dtype]] | None:
-    """{name: (shape with None for sizes that changed between runs, dtype)}, or None if a run fails."""
-    # A graph that fixes batch 1 inside (Reshape to [1, ...]) only runs at batch 1.
-    return _probe(model, runtime_inputs, wanted, PROBE_BATCHES) or _probe(model, runtime_inputs, wanted, (1, 1))
+def probe(model: onnx.ModelProto, runtime_inputs: list[str], wanted: list[str],
+          weights: dict[str, np.ndarray]) -> dict[str, tuple[tuple, np.dtype]] | None:
+    """{name: (shape with None for sizes that changed between runs, dtype)}, or None if a run fails.
 
-
-def _probe(model, runtime_inputs, wanted, batches):
+    ``model`` is weight-free: its big initializers are graph inputs, fed here from ``weights``. onnxruntime
+    reads fed arrays in place, so the probe never serializes or copies the weights; as initializers they
+    would be copied (``add_external_initializers`` included) and prepacked, doubling a conversion's memory.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
@@ -106,17 +106,33 @@ def _probe(model, runtime_inputs, wanted, batches):
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # a graph onnxruntime cannot load: the probe just learns nothing
+        return None
+    # A graph that fixes batch 1 inside (Reshape to [1, ...]) only runs at batch 1.
+    for batches in (PROBE_BATCHES, (1, 1)):
+        results = _runs(session, model, runtime_inputs, names, batches, weights)
+        if results is not None:
+            return _compare(results, wanted, batches)
+    return None
+
+
+def _runs(session, model, runtime_inputs, names, batches, weights) -> list[dict] | None:
     rng = np.random.default_rng(0)
     results = []
     try:
-        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         for run in range(2):
             feeds = {i.name: _feed(i, run, batches[run], rng) for i in model.graph.input if i.name in runtime_inputs}
             if any(v is None for v in feeds.values()):
                 return None
-            results.append(dict(zip(names, session.run(names, feeds))))
+            results.append(dict(zip(names, session.run(names, {**feeds, **weights}))))
     except Exception:  # a graph onnxruntime cannot run on made-up inputs: the probe just learns nothing
         return None
+    return results
+
+
+def _compare(results, wanted, batches) -> dict[str, tuple[tuple, np.dtype]]:
     found = {}
     for name in wanted:
         a, b = results[0].get(name), results[1].get(name)
