@@ -27,8 +27,8 @@ from .loader import load_model
 from .lower import Lowering
 from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
 from .folding import fold_constants
-from .passes import adapt_global_pool, forward_identities, run_passes
-from .quantized import dequantize_activations
+from .passes import adapt_global_pool, drop_dead_nodes, forward_identities, run_passes
+from .quantized import dequantize_activations, dequantize_dynamic, restore_float_math
 from .registry import find_handler
 
 
@@ -78,7 +78,10 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         adapt_global_pool(graph)
     if dequantize:
         dequantize_activations(graph)
+        dequantize_dynamic(graph)
+        restore_float_math(graph)
         forward_identities(graph)
+        drop_dead_nodes(graph)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
     lowering = Lowering(graph)
     parts = lowering.run()
