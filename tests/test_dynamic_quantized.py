@@ -140,7 +140,8 @@ def _matmul_integer_to_float(bias: bool, per_column: bool) -> onnx.ModelProto:
              helper.make_node("MatMulIntegerToFloat", inputs, ["y"], domain="com.microsoft")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 5, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5, 6])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 @pytest.mark.parametrize("bias, per_column", [(True, True), (False, False)])

@@ -108,16 +108,16 @@ def dequantize_activations(graph: Graph) -> None:
         graph.nodes[i] = Node("Clip", "", node.name, [node.inputs[0]] + bounds, list(node.outputs), {}, 13)
 
 
-# Ops that round a float activation to integers: where they are, onnxruntime's exact Sigmoid and Tanh matter.
-_ROUNDING_OPS = {("", "DynamicQuantizeLinear"), ("", "QuantizeLinear"), ("zoo", "FakeQuantize"),
-                 ("com.microsoft", "DynamicQuantizeMatMul"), ("com.microsoft", "DynamicQuantizeLSTM"),
-                 ("com.microsoft", "QAttention")}
+# Ops that quantize a float activation at run time: where they are, onnxruntime's exact Sigmoid and Tanh
+# matter. (QDQ graphs are another matter: onnxruntime runs their DQ -> op -> Q groups as QLinear ops.)
+_ROUNDING_OPS = {("", "DynamicQuantizeLinear"), ("com.microsoft", "DynamicQuantizeMatMul"),
+                 ("com.microsoft", "DynamicQuantizeLSTM")}
 _ORT_MATH = {"Sigmoid": "OnnxruntimeSigmoid", "Tanh": "OnnxruntimeTanh"}
 
 
 def match_onnxruntime_rounding(graph: Graph) -> None:
-    """In a graph that quantizes activations, float32 Sigmoid and Tanh compute as onnxruntime does, bit for bit
-    (ops.ort_math): torch's few ulps would move activations near a rounding boundary a whole step."""
+    """In a graph that quantizes activations dynamically, float32 Sigmoid and Tanh compute as onnxruntime does,
+    bit for bit (ops.ort_math): torch's few ulps would move activations near a rounding boundary a whole step."""
     if not any((n.domain, n.op_type) in _ROUNDING_OPS for n in graph.nodes):
         return
     for i, node in enumerate(graph.nodes):
@@ -160,8 +160,8 @@ def _input(node: Node, i: int) -> str | None:
 
 def dequantize_dynamic(graph: Graph) -> None:
     """``dequantize=True`` for onnxruntime's dynamically quantized ops: DynamicQuantizeLSTM becomes an ONNX LSTM
-    (nn.LSTM), DynamicQuantizeMatMul and MatMulIntegerToFloat (of a DynamicQuantizeLinear's output) an
-    nn.Linear, each with its constant weights dequantized. Approximate by the rounding they drop. Run
+    (nn.LSTM), DynamicQuantizeMatMul, MatMulNBits and MatMulIntegerToFloat (of a DynamicQuantizeLinear's
+    output) an nn.Linear, each with its constant weights dequantized. Approximate by the rounding they drop. Run
     drop_dead_nodes after it (the quantizers left without users)."""
     producer = graph.producer_of()
     for i, node in enumerate(graph.nodes):
@@ -197,3 +197,27 @@ def dequantize_dynamic(graph: Graph) -> None:
                     or weight.ndim != 2 or quantizer.outputs[1:3] != [node.inputs[2], _input(node, 4)]:
                 continue
             graph.nodes[i] = _float_linear(graph, node, quantizer.inputs[0], weight, _input(node, 6))
+        elif node.op_type == "MatMulNBits" and not _input(node, 4):
+            consts = [graph.value(n).const if n else None for n in (node.inputs + [""] * 4)[1:4]]
+            if consts[0] is None or consts[1] is None or (_input(node, 3) and consts[2] is None):
+                continue
+            layout = [int(node.attrs.get(a, 0)) for a in ("K", "N", "bits", "block_size")]
+            weight = nbits_weight(consts[0], consts[1], consts[2], *layout).astype(consts[1].dtype)
+            graph.nodes[i] = _float_linear(graph, node, node.inputs[0], weight, _input(node, 5))
+
+
+def nbits_weight(packed: np.ndarray, scales: np.ndarray, zero: np.ndarray | None, k: int, n: int, bits: int,
+                 block: int) -> np.ndarray:
+    """MatMulNBits' B dequantized to [K, N] float32, as the generated ``matmul_nbits`` does at run time."""
+    blocks = packed.shape[1]
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    mask = (1 << bits) - 1
+    q = ((packed[..., None] >> shifts) & mask).reshape(n, blocks, block).astype(np.float32)
+    if zero is None:
+        z = np.full((n, blocks, 1), 2 ** (bits - 1), np.float32)
+    elif zero.dtype == np.uint8:
+        z = ((zero.reshape(n, -1, 1) >> shifts) & mask).reshape(n, -1)[:, :blocks, None].astype(np.float32)
+    else:
+        z = zero.reshape(n, blocks, 1).astype(np.float32)
+    weight = ((q - z) * scales.reshape(n, blocks, 1).astype(np.float32)).reshape(n, -1)[:, :k]
+    return np.ascontiguousarray(weight.T)

@@ -89,8 +89,10 @@ def _per_direction(ctx, i: int, directions: int) -> str:
         if np.any(c != c[:, :1]):
             raise Unsupported("per-column weight zero points that differ (onnxruntime reads the first)")
         value = f"{value}[:, :1]"
-    elif len(shape) <= 1:
-        value = f"{value}.reshape({directions}, 1)" if len(shape) == 1 else f"{value}.reshape(1, 1).expand({directions}, 1)"
+    elif len(shape) == 1:
+        value = f"{value}.reshape({directions}, 1)"
+    elif not shape:
+        value = f"{value}.reshape(1, 1).expand({directions}, 1)"
     return value
 
 
@@ -176,4 +178,49 @@ def matmul_integer_to_float(ctx):
         args.append(f"b_zero={zero}")
     if bias:
         args.append(f"bias={bias}")
+    return f"{fn}({', '.join(args)})"
+
+
+MATMUL_NBITS = '''
+def matmul_nbits(a, packed, scales, zero_points=None, bias=None, *, k, n, bits, block):
+    # onnxruntime's MatMulNBits: B is [n, blocks, block * bits / 8] bytes holding k values per column, the
+    # lowest bits first; a scale and a zero point (default 2 ** (bits - 1), packed like B if uint8) per
+    # column and block. Dequantized, (q - zero) * scale, then an ordinary matmul.
+    blocks = packed.shape[1]
+    mask = 2 ** bits - 1
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+    q = ((packed.unsqueeze(-1) >> shifts) & mask).reshape(n, blocks, block)
+    if zero_points is None:
+        zero = torch.full((n, blocks, 1), 2 ** (bits - 1), dtype=scales.dtype, device=scales.device)
+    elif zero_points.dtype == torch.uint8:
+        zero = ((zero_points.reshape(n, -1, 1) >> shifts) & mask).reshape(n, -1)[:, :blocks].unsqueeze(-1)
+    else:
+        zero = zero_points.reshape(n, blocks, 1)
+    weight = ((q.to(scales.dtype) - zero.to(scales.dtype)) * scales.reshape(n, blocks, 1)).reshape(n, -1)[:, :k]
+    return F.linear(a, weight.to(a.dtype), bias)
+'''
+
+
+def nbits_layout(ctx) -> tuple[int, int, int, int]:
+    """MatMulNBits' K, N, bits and block_size, checked against what the kernel supports."""
+    k, n, bits, block = (int(ctx.attr(a, d)) for a, d in (("K", 0), ("N", 0), ("bits", 4), ("block_size", 0)))
+    if bits not in (2, 4, 8):
+        raise Unsupported(f"bits={bits} (2, 4 or 8 pack whole values into bytes)")
+    if block < 16 or block & (block - 1) or k <= 0 or n <= 0:
+        raise Unsupported(f"K={k}, N={n}, block_size={block}")
+    return k, n, bits, block
+
+
+@register_op("MatMulNBits", domain="com.microsoft", since=1)
+def matmul_nbits(ctx):
+    k, n, bits, block = nbits_layout(ctx)
+    if ctx.has_input(4):
+        raise Unsupported("g_idx (act-order); onnxruntime's CPU kernel ignores it only for trivial orders")
+    fn = ctx.helper("matmul_nbits", MATMUL_NBITS)
+    args = [ctx.x(0), ctx.x(1), ctx.x(2)]
+    if ctx.has_input(3):
+        args.append(f"zero_points={ctx.x(3)}")
+    if ctx.has_input(5):
+        args.append(f"bias={ctx.x(5)}")
+    args += [f"k={k}", f"n={n}", f"bits={bits}", f"block={block}"]
     return f"{fn}({', '.join(args)})"
