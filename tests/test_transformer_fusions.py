@@ -55,10 +55,10 @@ class _RMSBlock(torch.nn.Module):
         return self.norm(x + h * torch.sigmoid(1.702 * h), self.w2)
 
 
-def _export(model, args, path: Path, names: list[str], outputs: list[str], dynamic: dict) -> Path:
+def _export(model, args, path: Path, names: list[str], outputs: list[str], dynamic: dict, opset: int = 17) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), opset_version=17, dynamo=False, input_names=names,
+        torch.onnx.export(model, args, str(path), opset_version=opset, dynamo=False, input_names=names,
                           output_names=outputs, dynamic_axes=dynamic)
     return path
 
@@ -122,6 +122,7 @@ def graphs(tmp_path_factory):
     image = {"x": {0: "batch"}, "y": {0: "batch"}}
     vit = randomize_(torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=HEADS,
                                                           hidden_dim=32, mlp_dim=64, num_classes=5)).eval()
+    vit14 = _export(vit, (torch.randn(1, 3, 32, 32),), root / "vit14.onnx", ["x"], ["y"], image, opset=14)
     vit = _export(vit, (torch.randn(1, 3, 32, 32),), root / "vit.onnx", ["x"], ["y"], image)
     swin = randomize_(torchvision.models.SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[1, 1],
                                                          num_heads=[HEADS, HEADS], window_size=[4, 4],
@@ -143,6 +144,8 @@ def graphs(tmp_path_factory):
     made["bert_4bit"] = (_four_bit(bert_opt, root / "bert_4bit.onnx"), {"MatMulNBits"}, 1e-4)
     vit_opt = _optimize(vit, root / "vit_opt.onnx", "vit", 32)
     made["vit_opt"] = (vit_opt, {"SkipLayerNormalization", "BiasGelu"}, 1e-4)
+    # before opset 17 the LayerNormalization the optimizer fuses is onnxruntime's own, in the ai.onnx domain
+    made["vit14_opt"] = (_optimize(vit14, root / "vit14_opt.onnx", "vit", 32), {"SkipLayerNormalization"}, 1e-4)
     made["vit_fastgelu"] = (_optimize(vit, root / "vit_fast.onnx", "vit", 32, approximate=True), {"FastGelu"}, 1e-4)
     made["vit_qo"] = (_session_optimized(_quantized(vit_opt, root / "vit_q.onnx"), root / "vit_qo.onnx"),
                       {"DynamicQuantizeMatMul"}, 1e-4)
@@ -188,7 +191,7 @@ def _compare(path: Path, module: torch.nn.Module, tolerance: float) -> None:
 
 
 NAMES = ["bert_opt", "bert_mha", "bert_fp16", "bert_ort", "bert_q", "bert_mha_q", "bert_4bit", "vit_opt",
-         "vit_fastgelu", "vit_qo", "vit_4bit", "swin_opt", "swin_4bit", "rms_t5", "rms_ort"]
+         "vit14_opt", "vit_fastgelu", "vit_qo", "vit_4bit", "swin_opt", "swin_4bit", "rms_t5", "rms_ort"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -216,3 +219,79 @@ def test_dequantize_gives_float_linear_layers(graphs, name):
     assert torch.nn.functional.cosine_similarity(got.flatten(), torch.from_numpy(expected).flatten(), dim=0) > 0.99
     got.float().square().mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+# One com.microsoft node at a time, for what the graphs above leave out: mask forms, causal attention, past keys
+# and values, transposed batches. (op, {input: array or None}, attributes, number of outputs)
+R = np.random.default_rng(5)
+
+
+def _f(*shape):
+    return R.standard_normal(shape).astype(np.float32)
+
+
+NODE_CASES = {
+    "attention_key_lengths": ("Attention", {"x": _f(2, 5, 8), "w": _f(8, 24), "b": _f(24),
+                                            "mask": np.array([5, 3], np.int32)}, {"num_heads": 2}, 1),
+    "attention_start_end": ("Attention", {"x": _f(2, 5, 8), "w": _f(8, 24), "b": _f(24),
+                                          "mask": np.array([5, 4, 0, 1], np.int32)}, {"num_heads": 2}, 1),
+    "attention_causal_raw_mask": ("Attention", {"x": _f(2, 5, 8), "w": _f(8, 24), "b": _f(24),
+                                                "mask": np.array([[1] * 5, [1, 1, 1, 0, 0]], np.int32)},
+                                  {"num_heads": 2, "unidirectional": 1}, 1),
+    "attention_3d_mask_scale": ("Attention", {"x": _f(2, 4, 8), "w": _f(8, 24), "b": _f(24),
+                                              "mask": R.integers(0, 2, (2, 4, 4)).astype(np.int32)},
+                                {"num_heads": 2, "scale": 0.3, "mask_filter_value": -1000.0}, 1),
+    "attention_past_present": ("Attention", {"x": _f(2, 3, 8), "w": _f(8, 24), "b": _f(24), "mask": None,
+                                             "past": _f(2, 2, 2, 4, 4)}, {"num_heads": 2, "unidirectional": 1}, 2),
+    "mha_padding_bias": ("MultiHeadAttention", {"q": _f(2, 5, 8), "k": _f(2, 6, 8), "v": _f(2, 6, 8), "b": _f(24),
+                                                "mask": np.array([[1] * 6, [1, 1, 1, 1, 0, 0]], np.int32),
+                                                "attention_bias": _f(2, 2, 5, 6)}, {"num_heads": 2}, 1),
+    "mha_past": ("MultiHeadAttention", {"q": _f(2, 3, 8), "k": _f(2, 3, 8), "v": _f(2, 3, 8), "b": None,
+                                        "mask": None, "attention_bias": None, "past_key": _f(2, 2, 4, 4),
+                                        "past_value": _f(2, 2, 4, 4)}, {"num_heads": 2}, 3),
+    "fused_matmul_trans": ("FusedMatMul", {"a": _f(2, 3, 5, 4), "b": _f(2, 3, 6, 4)},
+                           {"alpha": 0.5, "transB": 1}, 1),
+    "fused_matmul_trans_batch": ("FusedMatMul", {"a": _f(4, 3, 5), "b": _f(3, 5, 6)},
+                                 {"transBatchA": 1}, 1),
+    "gelu": ("Gelu", {"x": _f(2, 5, 8)}, {}, 1),
+    "fast_gelu_bias": ("FastGelu", {"x": _f(2, 5, 8), "bias": _f(8)}, {}, 1),
+    "quick_gelu": ("QuickGelu", {"x": _f(2, 5, 8)}, {"alpha": 1.702}, 1),
+    "skip_layer_norm_sum": ("SkipLayerNormalization", {"x": _f(2, 5, 8), "skip": _f(2, 5, 8), "gamma": _f(8),
+                                                       "beta": _f(8), "bias": _f(8)}, {"epsilon": 1e-5}, 4),
+    "skip_rms_norm": ("SkipSimplifiedLayerNormalization", {"x": _f(2, 5, 8), "skip": _f(2, 5, 8), "gamma": _f(8)},
+                      {"epsilon": 1e-5}, 1),
+}
+
+
+def _node_model(op: str, inputs: dict, attrs: dict, outputs: int, results: list | None = None) -> onnx.ModelProto:
+    """The node as a model; its outputs typed from ``results`` (onnxruntime's, from a first model without)."""
+    names = [name if value is not None else "" for name, value in inputs.items()]
+    feeds = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+             for n, v in inputs.items() if v is not None]
+    outs = [f"y{i}" for i in range(outputs)]
+    if op == "SkipLayerNormalization":  # the statistics outputs stay unused: the sum is the fourth
+        outs = ["y0", "", "", "y3"]
+    node = onnx.helper.make_node(op, names, outs, domain="com.microsoft", **attrs)
+    shapes = [list(r.shape) for r in results] if results else [None] * len(outs)
+    typed = [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, s) for o, s in zip([o for o in outs if o],
+                                                                                              shapes)]
+    graph = onnx.helper.make_graph([node], "g", feeds, typed)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17),
+                                                        onnx.helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("case", list(NODE_CASES))
+def test_contrib_node_matches_onnxruntime(tmp_path, case):
+    op, inputs, attrs, outputs = NODE_CASES[case]
+    path = tmp_path / f"{case}.onnx"
+    feed = {n: v for n, v in inputs.items() if v is not None}
+    session = ort.InferenceSession(_node_model(op, inputs, attrs, outputs).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, feed)
+    onnx.save(_node_model(op, inputs, attrs, outputs, expected), str(path))
+    with torch.no_grad():
+        got = load(path)(*[torch.from_numpy(feed[i.name]) for i in session.get_inputs()])
+    got = list(got) if isinstance(got, (tuple, list)) else [got]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-4, atol=1e-5, err_msg=case)

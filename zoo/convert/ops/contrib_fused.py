@@ -13,6 +13,7 @@ from .linear import gemm
 from .norm import layer_norm, rms_norm
 
 register_op("LayerNormalization", domain="com.microsoft", since=1)(layer_norm)
+register_op("LayerNormalization", since=1)(layer_norm)  # onnxruntime's, before opset 17 made it ONNX's
 register_op("SimplifiedLayerNormalization", domain="com.microsoft", since=1)(rms_norm)
 register_op("SimplifiedLayerNormalization", since=1)(rms_norm)  # onnxruntime defines it in ai.onnx too
 
