@@ -13,6 +13,7 @@ use these builders.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import warnings
@@ -287,6 +288,9 @@ def _outcome(convert, made: Made) -> str:
     try:
         problem = check(convert(made.path), made)
     except Exception as exc:  # a converter's failure is a result here, not a crash
+        refused = re.search(r"op(?:eration)?_type='?(\w+)", str(exc))  # the peers' "not implemented" messages
+        if refused:
+            return f"{refused.group(1)} not implemented"
         text = str(exc).strip().splitlines()
         return f"{type(exc).__name__}: {text[0][:80] if text else ''}"
     return problem or "matches"
