@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import Unsupported
 from ..lower import Multi
 from ..registry import register_op
+from .attention import ROTARY
 from .contrib_dynamic import INTEGER_MATMUL
 
 ATTEND = '''
@@ -138,6 +139,78 @@ def multi_head_attention(ctx):
     if ctx.has_input(6):
         args += [ctx.x(6), ctx.x(7)]
     call = f"{fn}({', '.join(args + _options(ctx))})"
+    if ctx.output_used(1) or ctx.output_used(2):
+        return Multi(f"{call}[:{len(ctx.node.outputs)}]")
+    return f"{call}[0]"
+
+
+@register_op("RotaryEmbedding", domain="com.microsoft", since=1)
+def rotary_embedding(ctx):
+    """onnxruntime's RotaryEmbedding: inputs (x, position_ids, cos_cache, sin_cache), where position_ids may also
+    be one offset (positions offset, offset + 1, ...); the rotation itself is ONNX's (ops.attention)."""
+    if ctx.attr("is_packed_batching", 0):
+        raise Unsupported("is_packed_batching=1")
+    if np.float32(ctx.attr("scale", 1.0)) != 1:
+        raise Unsupported("a scale other than 1")
+    fn = ctx.helper("rotary_embedding", ROTARY)
+    positions, shape = ctx.x(1), ctx.shape(1)
+    if shape is None:
+        raise Unsupported("position_ids of unknown rank")
+    if len(shape) <= 1:  # an offset
+        steps = f"{ctx.x(0)}.shape[{2 if ctx.rank(0) == 4 else 1}]"
+        positions = f"({positions}.reshape(1, 1) + torch.arange({steps}, device={positions}.device))"
+    options = [f"interleaved={bool(ctx.attr('interleaved', 0))}"]
+    if ctx.attr("num_heads"):
+        options.append(f"num_heads={int(ctx.attr('num_heads'))}")
+    if ctx.attr("rotary_embedding_dim"):
+        options.append(f"rotary_dim={int(ctx.attr('rotary_embedding_dim'))}")
+    return f"{fn}({', '.join([ctx.x(0), ctx.x(2), ctx.x(3), positions] + options)})"
+
+
+GROUP_QUERY = '''
+def group_query_attention(q, k, v, past_key=None, past_value=None, seqlens_k=None, *, heads, kv_heads, scale=None,
+                          window=-1):
+    # onnxruntime's GroupQueryAttention without rotary or packing: causal, keys past seqlens_k + 1 masked,
+    # each key/value head shared by heads // kv_heads query heads; returns the output and the present cache.
+    steps = q.shape[1]
+    q = q.unflatten(-1, (heads, -1)).transpose(1, 2)
+    k = k.unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+    v = v.unflatten(-1, (kv_heads, -1)).transpose(1, 2)
+    if past_key is not None:
+        k, v = torch.cat([past_key, k], dim=2), torch.cat([past_value, v], dim=2)
+    total = k.shape[2]
+    keys = torch.arange(total, device=q.device)
+    queries = torch.arange(steps, device=q.device).reshape(-1, 1) + (total - steps)
+    keep = keys <= queries
+    if window > 0:
+        keep = keep & (keys > queries - window)
+    keep = keep.reshape(1, 1, steps, total)
+    if seqlens_k is not None:
+        keep = keep & (keys <= seqlens_k.reshape(-1, 1, 1, 1))
+    share = heads // kv_heads
+    y = F.scaled_dot_product_attention(q, k.repeat_interleave(share, dim=1), v.repeat_interleave(share, dim=1),
+                                       attn_mask=keep, scale=scale)
+    return y.transpose(1, 2).flatten(2), k, v
+'''
+
+
+@register_op("GroupQueryAttention", domain="com.microsoft", since=1)
+def group_query_attention(ctx):
+    """GroupQueryAttention: separate query, key and value, past_key/past_value, seqlens_k; rotary, packed QKV,
+    softcap, smooth softmax, attention_bias and head_sink are refused."""
+    if ctx.attr("do_rotary", 0) or not ctx.has_input(1) or ctx.attr("softcap", 0.0) or ctx.attr("smooth_softmax", 0):
+        raise Unsupported("rotary, packed QKV, softcap or smooth_softmax")
+    if any(ctx.has_input(i) for i in range(7, ctx.num_inputs)):
+        raise Unsupported("cos/sin caches, position_ids, attention_bias or head_sink")
+    fn = ctx.helper("group_query_attention", GROUP_QUERY)
+    args = [ctx.x(0), ctx.x(1), ctx.x(2)]
+    args += [ctx.x(i) if ctx.has_input(i) else "None" for i in (3, 4, 5)]
+    args += [f"heads={int(ctx.attr('num_heads'))}", f"kv_heads={int(ctx.attr('kv_num_heads'))}"]
+    if ctx.attr("scale"):
+        args.append(f"scale={ctx.lit(np.float32(ctx.attr('scale')))}")
+    if int(ctx.attr("local_window_size", -1)) > 0:
+        args.append(f"window={int(ctx.attr('local_window_size'))}")
+    call = f"{fn}({', '.join(args)})"
     if ctx.output_used(1) or ctx.output_used(2):
         return Multi(f"{call}[:{len(ctx.node.outputs)}]")
     return f"{call}[0]"
