@@ -78,19 +78,20 @@ def _mask(ctx, i: int) -> str:
     return ctx.x(i)
 
 
-def _split_qkv(ctx, projected: str, weight: int) -> list[str]:
+def _split_qkv(ctx, projected: str, weight: int) -> str:
+    """The projection split into Q, K and V: by qkv_hidden_sizes, else in three equal parts."""
     sizes = ctx.attr("qkv_hidden_sizes")
     if not sizes:
         shape = ctx.shape(weight)
         if shape is None or not isinstance(shape[-1], int) or shape[-1] % 3:
             raise Unsupported("a weight whose width is not known to split in three")
         sizes = [shape[-1] // 3] * 3
-    return [f"{projected}.split({ctx.lit(tuple(int(s) for s in sizes))}, dim=-1)"]
+    return f"{projected}.split({ctx.lit(tuple(int(s) for s in sizes))}, dim=-1)"
 
 
 def _attention(ctx, projected: str, weight: int, mask: int, past: int, bias: int | None):
     fn = ctx.helper("attend", ATTEND)
-    args = [f"*{_split_qkv(ctx, projected, weight)[0]}", _mask(ctx, mask),
+    args = [f"*{_split_qkv(ctx, projected, weight)}", _mask(ctx, mask),
             ctx.x(bias) if bias is not None and ctx.has_input(bias) else "None"]
     if ctx.has_input(past):
         args += [f"{ctx.x(past)}[0]", f"{ctx.x(past)}[1]"]
@@ -105,6 +106,13 @@ def attention(ctx):
     """input @ weights + bias gives Q, K and V; inputs mask_index, past, attention_bias."""
     if ctx.has_input(6):
         raise Unsupported("past_sequence_length (a shared past buffer)")
+    weight, bias = ctx.const(1), ctx.const(2)
+    if weight is not None and weight.ndim == 2 and (bias is not None or not ctx.has_input(2)):
+        # the fused Q, K, V projection as the nn.Linear it was
+        tensors = {"weight": weight.T} | ({"bias": bias} if bias is not None else {})
+        extra = "" if bias is not None else ", bias=False"
+        layer = ctx.layer(f"nn.Linear({weight.shape[0]}, {weight.shape[1]}{extra})", **tensors)
+        return _attention(ctx, f"{layer}({ctx.x(0)})", 1, 3, 4, 5)
     projected = f"torch.matmul({ctx.x(0)}, {ctx.x(1)})"
     if ctx.has_input(2):
         projected = f"({projected} + {ctx.x(2)})"
