@@ -16,11 +16,7 @@ sys.modules["zoo_corpus"] = corpus  # dataclasses look their module up while the
 _spec.loader.exec_module(corpus)
 
 CACHE = Path(os.environ.get("ZOO_CORPUS_CACHE", corpus.DEFAULT_CACHE))
-# What does not convert yet, and why (README, "Real-world files"); everything else must match.
-KNOWN_FAILURES = {
-    "ddddocr_common_old": "com.microsoft DynamicQuantizeLSTM (dynamic int8 quantization)",
-}
-PASSING = [e for e in corpus.CORPUS if e.name not in KNOWN_FAILURES]
+PASSING = corpus.CORPUS  # every file must match (the last known failure, ddddocr_common_old, passes: issue 24)
 
 
 def test_corpus_spans_enough_packages():
@@ -32,10 +28,3 @@ def test_corpus_file_converts_and_matches_onnxruntime(entry):
     path = corpus.fetch(entry, CACHE)
     ok, why = corpus.run_zoo(path, entry)
     assert ok, f"{entry.name}: {why}"
-
-
-@pytest.mark.parametrize("entry", [e for e in corpus.CORPUS if e.name in KNOWN_FAILURES], ids=lambda e: e.name)
-def test_known_failures_still_fail_with_a_reason(entry):
-    """When one starts to pass, move it out of KNOWN_FAILURES so that it is guarded."""
-    ok, why = corpus.run_zoo(corpus.fetch(entry, CACHE), entry)
-    assert not ok and why

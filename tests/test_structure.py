@@ -142,7 +142,8 @@ def test_a_stage_of_alike_blocks_is_a_sequential(tmp_path):
 KEYED = {
     "resnet18": {}, "resnet50": {}, "squeezenet1_1": {}, "densenet121": {}, "mobilenet_v2": {},
     "efficientnet_b0": {}, "googlenet": {"aux_logits": False, "init_weights": False}, "mobilenet_v3_small": {},
-    "convnext_tiny": {},
+    "convnext_tiny": {}, "regnet_y_400mf": {},  # RegNet's 'block1-0' is no identifier: a ModuleDict key
+    "shufflenet_v2_x0_5": {},  # its channel shuffle's integer constants are literals, not state
 }
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..version import __version__
 from .blockcode import write_blocks
-from .blocks import find_blocks
+from .blocks import find_blocks, literal_constants
 from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
@@ -28,8 +28,8 @@ from .loader import load_model
 from .lower import Lowering
 from .naming import Namespace, RESERVED, class_name, safe_comment, sanitize
 from .folding import fold_constants
-from .passes import adapt_global_pool, forward_identities, run_passes
-from .quantized import dequantize_activations
+from .passes import adapt_global_pool, drop_dead_nodes, forward_identities, run_passes
+from .quantized import dequantize_activations, dequantize_dynamic, restore_float_math
 from .registry import find_handler
 
 
@@ -79,7 +79,10 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         adapt_global_pool(graph)
     if dequantize:
         dequantize_activations(graph)
+        dequantize_dynamic(graph)
+        restore_float_math(graph)
         forward_identities(graph)
+        drop_dead_nodes(graph)
     op_counts = dict(collections.Counter(n.op_type for n in graph.nodes))
     lowering = Lowering(graph)
     parts = lowering.run()
@@ -87,6 +90,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         if graph.value(out).const is not None:
             lowering.reference(out)
     if structure:
+        parts = literal_constants(graph, parts)
         parts = write_blocks(graph, parts, *find_blocks(graph, parts, {classifier} if classifier else set()))
     if len(graph.inputs) == 1:  # named as torchvision names it; the header comment keeps the ONNX name
         arg_names = {graph.inputs[0]: "x"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .ctors import Ctor, kind, parse
 from .ir import Graph
-from .lower import TOKEN, ModuleParts
+from .lower import TOKEN, Layer, ModuleParts, lit, torch_dtype
 from .naming import RESERVED, Namespace
 from .tree import is_path
 
@@ -304,6 +304,34 @@ class Discovery:
 
 def _coverage(classes: list[list[Instance]]) -> int:
     return sum(len(inst.attrs) for c in classes for inst in c)
+
+
+# Small integer constants of a PyTorch export (shape arithmetic the exporter left, such as ShuffleNet's channel
+# shuffle with do_constant_folding=False) are no state of the original model: written as literals and kept out
+# of the state_dict, they leave the export's module tree and its state_dict keys to the weights.
+_LITERAL_SIZE = 16
+
+
+def literal_constants(graph: Graph, parts: ModuleParts) -> ModuleParts:
+    if not graph.producer.lower().startswith("pytorch"):
+        return parts
+    small = {key for key, a in parts.tensors.items() if "." not in key and a.dtype.kind in "iub"
+             and a.size <= _LITERAL_SIZE}
+    weights = [layer.hint for layer in parts.layers if layer.attr in {k.split(".")[0] for k in parts.tensors}
+               and layer.attr not in small]
+    if not small or not weights or not all(is_path(h) for h in weights):
+        return parts
+    layers = []
+    for layer in parts.layers:
+        if layer.attr in small:
+            array = parts.tensors[layer.attr]
+            values = lit(array.tolist()) if array.ndim else lit(array.item())
+            dtype = torch_dtype(array.dtype)
+            layer = Layer(layer.attr, f"nn.Buffer(torch.tensor({values}, dtype={dtype}), persistent=False)", layer.hint)
+        layers.append(layer)
+    tensors = {k: a for k, a in parts.tensors.items() if k not in small}
+    return ModuleParts(layers, parts.statements, tensors, parts.token_values, parts.tokens, parts.helpers,
+                       parts.classes)
 
 
 def find_blocks(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> tuple[Discovery, list[list[Instance]]]:

@@ -14,7 +14,7 @@ from .errors import ConversionError
 from .ir import Graph
 from .lower import TOKEN, ModuleParts, Statement
 from .naming import is_safe_identifier
-from .tree import is_path, ref
+from .tree import is_key, is_path, ref
 
 INLINE_MAX = 72
 INLINE_DEPTH = 3
@@ -232,14 +232,16 @@ def emit_module(graph: Graph, parts: ModuleParts, cls: str, header: Header, meth
 
 
 def check_source(source: str, graph: Graph) -> None:
-    """Belt and braces: generated code holds only identifiers, numbers and known words."""
+    """Belt and braces: generated code holds only identifiers, numbers, known words and module keys such as
+    'block1-0' (letters, digits, underscores and hyphens)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
         raise ConversionError(f"{graph.where()}: generated code does not parse ({exc}); please report this") from exc
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if not (is_safe_identifier(node.value) or node.value in ALLOWED_STRINGS or _EINSUM.fullmatch(node.value)):
+            if not (is_safe_identifier(node.value) or is_key(node.value) or node.value in ALLOWED_STRINGS
+                    or _EINSUM.fullmatch(node.value)):
                 raise ConversionError(f"{graph.where()}: refusing to emit string literal {node.value!r}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
             raise ConversionError(f"{graph.where()}: refusing to emit a bytes literal")

@@ -114,10 +114,34 @@ def load_model(onnx_path: str | os.PathLike, weights_apart: bool = True) -> Load
     _check_opsets(proto, path)
     _check_tensors(proto.graph, path)
     try:
-        onnx.checker.check_model(without_weights(proto, weights))
+        onnx.checker.check_model(_onnxruntime_ops_apart(without_weights(proto, weights)))
     except Exception as exc:
         raise ConversionError(f"{path}: fails onnx.checker: {exc}") from exc
     return LoadedModel(proto=proto, path=path, sha256=sha256, weights=weights)
+
+
+# Ops onnxruntime defines in the ai.onnx domain itself (its transformer optimizer writes them there, LayerNormalization
+# also before opset 17 made it ONNX's); the checker, which knows only ONNX's schemas, sees them in onnxruntime's own
+# domain instead.
+ONNXRUNTIME_AI_ONNX_OPS = {"SimplifiedLayerNormalization", "LayerNormalization"}
+
+
+def _onnxruntime_ops_apart(light: onnx.ModelProto) -> onnx.ModelProto:
+    opset = next((o.version for o in light.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def onnx_defines(op: str) -> bool:
+        try:
+            return onnx.defs.get_schema(op, opset, "").since_version <= opset
+        except Exception:  # onnx.defs.SchemaError: no such op at this opset
+            return False
+
+    moved = [n for n in light.graph.node if n.domain in ("", "ai.onnx") and n.op_type in ONNXRUNTIME_AI_ONNX_OPS
+             and not onnx_defines(n.op_type)]
+    for node in moved:
+        node.domain = "com.microsoft"
+    if moved and not any(o.domain == "com.microsoft" for o in light.opset_import):
+        light.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return light
 
 
 def _check_opsets(proto: onnx.ModelProto, path: Path) -> None:

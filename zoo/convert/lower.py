@@ -229,6 +229,10 @@ class Lowering:
         return ""
 
     def declare_layer(self, node: Node, ctor: str, hint: str | None, tensors: dict[str, np.ndarray]) -> str:
+        floats = {np.asarray(a).dtype for a in tensors.values() if np.asarray(a).dtype.kind == "f"}
+        if len(floats) == 1 and floats != {np.dtype(np.float32)} and ctor.endswith(")"):
+            # a float16 graph's layers stay float16 (torch builds float32 layers, and would cast the weights)
+            ctor = f"{ctor[:-1]}{'' if ctor.endswith('()') else ', '}dtype={torch_dtype(floats.pop())})"
         wanted = (hint and self._given_name(node)) or hint or self._layer_hint(node)
         attr = self.attrs.claim(wanted, fallback=node.op_type.lower())
         self.parts.layers.append(Layer(attr, ctor, wanted))

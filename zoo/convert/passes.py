@@ -6,7 +6,7 @@ import numpy as np
 from .errors import ConversionError
 from .folding import fold_constants, set_const
 from .ir import BATCH, Graph, Node
-from .quantized import fold_dequantized_weights, fuse_fake_quantize
+from .quantized import fold_dequantized_weights, fuse_fake_quantize, match_onnxruntime_rounding
 
 
 def cut_at(graph: Graph, outputs: list[str] | None) -> None:
@@ -295,6 +295,7 @@ def run_passes(graph: Graph, outputs: list[str] | None = None) -> Graph:
     fuse_gelu(graph)
     generalize_batch(graph)
     fuse_channel_shuffle(graph)
+    match_onnxruntime_rounding(graph)
     drop_dead_nodes(graph)
     return graph
 

@@ -22,15 +22,25 @@ class Conflict(Exception):
     """The paths do not form a tree (a layer and a container with one name)."""
 
 
+# A module name that is not an identifier but is safe inside a string literal ('block1-0' in torchvision's
+# RegNet): it lives in an nn.ModuleDict and is reached by key, so the state_dict keys stay the original's.
+_KEY = re.compile(r"[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)+")
+
+
+def is_key(part: str) -> bool:
+    return _KEY.fullmatch(part) is not None
+
+
 def is_path(text: str) -> bool:
     parts = text.split(".")
     return bool(text) and is_safe_identifier(parts[0]) and not parts[0].isdigit() \
-        and all(p.isdigit() or is_safe_identifier(p) for p in parts)
+        and all(p.isdigit() or is_safe_identifier(p) or is_key(p) for p in parts)
 
 
 def ref(path: list[str]) -> str:
-    """'features', '0', 'conv' -> 'features[0].conv' (how forward reaches the layer)."""
-    return path[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path[1:])
+    """'features', '0', 'conv' -> 'features[0].conv'; 'block1', 'block1-0' -> 'block1["block1-0"]' (how
+    forward reaches the layer)."""
+    return path[0] + "".join(f"[{p}]" if p.isdigit() else f'["{p}"]' if is_key(p) else f".{p}" for p in path[1:])
 
 
 def nest(entries: list[tuple[list[str], str]], indent: int) -> list[tuple[str, str]]:

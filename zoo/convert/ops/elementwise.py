@@ -43,7 +43,9 @@ def _binary(template: str):
             raise Unsupported("legacy broadcast attribute (opset < 7)")
         if unsigned.is_uint64(ctx) and (expr := unsigned.binary(ctx)) is not None:
             return expr
-        return _widened(ctx, template, ctx.operand(0, like=1), ctx.operand(1, like=0))
+        # torch.logical_and(True, x) is refused: a function's first operand stays a tensor
+        first = ctx.x(0) if template.startswith("torch.") else ctx.operand(0, like=1)
+        return _widened(ctx, template, first, ctx.operand(1, like=0))
 
     return handler
 
