@@ -10,14 +10,16 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..convert.naming import class_name
 from ..registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
-from ..weights.pretrained import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
+from ..weights.pretrained import WeightsError, fit, pin_for, read_config, read_safetensors, resolve_pretrained
+from .backbone import traceable
+from .checkpointing import checkpointed_forward
 
 log = logging.getLogger("zoo")
 NATIVE_CLASSES = 1000
@@ -28,6 +30,34 @@ class ZooModel(nn.Module):
 
     classifier_name: str
     pretrained_cfg: dict[str, Any]
+    grad_checkpointing: bool = False
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory while training, as timm's ``set_grad_checkpointing``: the forward keeps only
+        the outputs of about sqrt(n) segments (cut between blocks) and recomputes the rest during backward.
+        Gradients and BatchNorm statistics are those of the plain forward. See :mod:`zoo.modeling.checkpointing`."""
+        if not isinstance(enable, bool):
+            raise ValueError(f"enable must be True or False, got {enable!r}")
+        self.grad_checkpointing = enable
+        self.__dict__.pop("_zoo_checkpointed", None)
+
+    def _checkpointed(self) -> nn.Module:
+        layers = tuple(map(id, self.modules()))
+        key, gm = self.__dict__.get("_zoo_checkpointed", (None, None))
+        if key != layers:  # first use, or layers were replaced since (reset_classifier, set_head)
+            gm = checkpointed_forward(self)
+            self.__dict__["_zoo_checkpointed"] = (layers, gm)
+        return gm
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(model)`` compiles the generated forward (or the graph of another global pooling);
+        the input checks of :meth:`forward` are Python-only. Parameters and buffers are shared."""
+        return self.__dict__.get("_zoo_forward") or traceable(self)
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
@@ -62,13 +92,20 @@ class ZooModel(nn.Module):
         return forward_intermediates(self, x, indices, intermediates_only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return self._checked(x, self._checkpointed())
+        return self._checked(x, self.__dict__.get("_zoo_forward"))
+
+    def _checked(self, x: torch.Tensor, forward: nn.Module | None) -> torch.Tensor:
+        if torch.jit.is_tracing():  # the checks would be recorded as constants (TracerWarnings)
+            return forward(x) if forward is not None else super().forward(x)
         channels = self.pretrained_cfg["input_size"][0]
         if x.dim() != 4 or x.shape[1] != channels:
             raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
                              f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
                              f"got {tuple(x.shape)}")
-        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.modeling.backbone.set_head): a rewritten graph
-            return self.__dict__["_zoo_forward"](x)
+        if forward is not None:  # another global pooling (backbone.set_head) or checkpointed segments
+            return forward(x)
         native = tuple(self.pretrained_cfg["native_size"])
         if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
             return super().forward(x)
@@ -153,12 +190,25 @@ DESCRIBED = ("num_classes", "labels", "preprocessing", "input_size", "standin", 
 BACKBONE_OPTIONS = ("features_only", "out_indices", "in_chans", "drop_rate", "global_pool")
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the zoo's models, optionally filtered by a shell-style pattern such as ``"res*"``."""
+def list_models(filter: str | Sequence[str] = "", pretrained: bool = False,
+                exclude_filters: str | Sequence[str] = ()) -> list[str]:
+    """Names of the zoo's models, in registry order, as timm's ``list_models``.
+
+    filter: shell-style pattern(s) such as ``"res*"``; a name is listed if it matches any ("" lists all).
+    pretrained: only models whose weights can be obtained: a pinned Hub revision, or a pinned ONNX file with a
+        URL to convert them from.
+    exclude_filters: pattern(s) of names to leave out.
+    """
     registry = load_registry()
     for name, error in registry.errors.items():
         log.warning("registry entry %s is skipped: %s", name, error)
-    return [n for n in registry if pattern is None or fnmatch.fnmatch(n, pattern)]
+    include = [filter] if isinstance(filter, str) or filter is None else list(filter)
+    include = [p for p in include if p]
+    exclude = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    return [n for n in registry
+            if (not include or any(fnmatch.fnmatch(n, p) for p in include))
+            and not any(fnmatch.fnmatch(n, p) for p in exclude)
+            and (not pretrained or pin_for(n) is not None or bool(registry[n].source.urls))]
 
 
 def _construct(cls: type[ZooModel], on_meta: bool) -> ZooModel:
