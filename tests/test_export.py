@@ -6,6 +6,11 @@ Weights are random (the layers' initialization): these test structure, not accur
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -240,11 +245,6 @@ def test_default_cfg_is_pretrained_cfg():
 def test_readme_shipping_a_model_runs_as_written(tmp_path):
     """README "Shipping a model": its Python blocks and its commands (but the one that downloads pretrained
     weights), in that order, in an empty folder."""
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = text.index("\n### Shipping a model\n")
     body = text[start:text.index("\n## ", start + 1)]
@@ -252,8 +252,12 @@ def test_readme_shipping_a_model_runs_as_written(tmp_path):
     commands = [line.split("  #")[0].strip() for line in re.findall(r"```bash\n(.*?)```", body, re.S)[0].splitlines()]
     assert len(python) == 2 and len(commands) == 4 and all(c.startswith("zoo export ") for c in commands)
 
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
     def run(*argv):
-        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                              env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
