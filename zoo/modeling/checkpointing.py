@@ -1,6 +1,6 @@
 """Gradient checkpointing for any zoo model, whatever its generated code looks like.
 
-The model's forward is traced with ``torch.fx`` and cut into about sqrt(n) segments of n graph nodes, each cut
+The model's forward is traced with ``torch.fx`` and cut into about 2*sqrt(n) segments of n graph nodes (finer than sqrt(n): the early, high-resolution segments are the largest to recompute), each cut
 at a node every input-to-output path goes through (a residual block's output, never its side branch), so a
 segment takes one tensor in and gives one out. Training then keeps only the segment boundaries and recomputes
 each segment's inside during backward (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost").
@@ -51,7 +51,7 @@ class Checkpointed(nn.Module):
 def _cuts(graph: fx.Graph) -> list[fx.Node]:
     nodes = list(graph.nodes)
     path = [n for n in _main_path(graph) if n.op not in ("placeholder", "output")]
-    wanted = max(1, round(math.sqrt(len(nodes))))
+    wanted = max(1, round(2 * math.sqrt(len(nodes))))
     position = {n: i for i, n in enumerate(nodes)}
     step = len(nodes) / wanted
     cuts: list[fx.Node] = []

@@ -39,7 +39,7 @@ class ZooModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Trade compute for memory while training, as timm's ``set_grad_checkpointing``: the forward keeps only
-        the outputs of about sqrt(n) segments (cut between blocks) and recomputes the rest during backward.
+        the outputs of about 2*sqrt(n) segments (cut between blocks) and recomputes the rest during backward.
         Gradients and BatchNorm statistics are those of the plain forward. See :mod:`zoo.modeling.checkpointing`."""
         if not isinstance(enable, bool):
             raise ValueError(f"enable must be True or False, got {enable!r}")
