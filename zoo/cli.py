@@ -83,6 +83,7 @@ def _hash(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .convert import cli as convert_cli
+    from .tasks import export as export_task
     from .tasks.finetune import build_parser as finetune_parser
 
     parser = argparse.ArgumentParser(prog="zoo", description="A PyTorch vision model zoo converted from ONNX.")
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("finetune", help="fine-tune a model with a new head (scripts/finetune.py)")
     finetune_parser(p)
     p.set_defaults(run=lambda a: 0 if __import__("zoo.tasks.finetune", fromlist=["run"]).run(a)["val_accuracy"] is not None else 1)
+    export_task.add_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["build"]:
         from .publish.build import main as build_main

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Sequence, Tuple
 
 import torch
 from torch import fx, nn
@@ -366,8 +366,8 @@ class SelectAdaptivePool2d(nn.Module):
         return f"pool_type={self.pool_type!r}"
 
 
-def _drop_before(classifier: nn.Module, args: tuple) -> tuple:
-    return (classifier.head_drop(args[0]), *args[1:])
+def _drop_before(classifier: nn.Module, args: Tuple[torch.Tensor]) -> Tuple[torch.Tensor]:
+    return (classifier.head_drop(args[0]),)  # typed for TorchScript: a classifier takes one tensor
 
 
 def new_classifier(model: nn.Module, num_classes: int) -> nn.Module:

@@ -7,14 +7,14 @@ import logging
 import os
 import sys
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..convert.naming import class_name
 from ..registry import Entry, generated_class, load_registry
 from ..weights.hfhub import hub_weights
-from ..weights.pretrained import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
+from ..weights.pretrained import WeightsError, fit, pin_for, read_config, read_safetensors, resolve_pretrained
 from .backbone import configure, restore
 from .model import NATIVE_CLASSES, ZooModel, entry_config
 
@@ -52,12 +52,25 @@ DESCRIBED = ("num_classes", "labels", "preprocessing", "input_size", "standin", 
 BACKBONE_OPTIONS = ("features_only", "out_indices", "in_chans", "drop_rate", "global_pool")
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Names of the zoo's models, optionally filtered by a shell-style pattern such as ``"res*"``."""
+def list_models(filter: str | Sequence[str] = "", pretrained: bool = False,
+                exclude_filters: str | Sequence[str] = ()) -> list[str]:
+    """Names of the zoo's models, in registry order, as timm's ``list_models``.
+
+    filter: shell-style pattern(s) such as ``"res*"``; a name is listed if it matches any ("" lists all).
+    pretrained: only models whose weights can be obtained: a pinned Hub revision, or a pinned ONNX file with a
+        URL to convert them from.
+    exclude_filters: pattern(s) of names to leave out.
+    """
     registry = load_registry()
     for name, error in registry.errors.items():
         log.warning("registry entry %s is skipped: %s", name, error)
-    return [n for n in registry if pattern is None or fnmatch.fnmatch(n, pattern)]
+    include = [filter] if isinstance(filter, str) or filter is None else list(filter)
+    include = [p for p in include if p]
+    exclude = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    return [n for n in registry
+            if (not include or any(fnmatch.fnmatch(n, p) for p in include))
+            and not any(fnmatch.fnmatch(n, p) for p in exclude)
+            and (not pretrained or pin_for(n) is not None or bool(registry[n].source.urls))]
 
 
 def _construct(cls: type[ZooModel], on_meta: bool) -> ZooModel:

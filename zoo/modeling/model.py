@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..registry import Entry
-from .backbone import FeatureInfo, forward_intermediates, new_classifier, set_head, stages
+from .backbone import FeatureInfo, forward_intermediates, new_classifier, set_head, stages, traceable
+from .checkpointing import checkpointed_forward
 
 NATIVE_CLASSES = 1000
 
@@ -18,11 +19,39 @@ class ZooModel(nn.Module):
     classifier_name: str
     pretrained_cfg: dict[str, Any]
     zoo_generated: type[nn.Module]  # the generated class beneath, whose forward traces (the mixin's checks do not)
+    grad_checkpointing: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         mro = cls.__mro__
         cls.zoo_generated = mro[mro.index(ZooModel) + 1]
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory while training, as timm's ``set_grad_checkpointing``: the forward keeps only
+        the outputs of about 2*sqrt(n) segments (cut between blocks) and recomputes the rest during backward.
+        Gradients and BatchNorm statistics are those of the plain forward. See :mod:`zoo.modeling.checkpointing`."""
+        if not isinstance(enable, bool):
+            raise ValueError(f"enable must be True or False, got {enable!r}")
+        self.grad_checkpointing = enable
+        self.__dict__.pop("_zoo_checkpointed", None)
+
+    def _checkpointed(self) -> nn.Module:
+        layers = tuple(map(id, self.modules()))
+        key, gm = self.__dict__.get("_zoo_checkpointed", (None, None))
+        if key != layers:  # first use, or layers were replaced since (reset_classifier, set_head)
+            gm = checkpointed_forward(self)
+            self.__dict__["_zoo_checkpointed"] = (layers, gm)
+        return gm
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(model)`` compiles the generated forward (or the graph of another global pooling);
+        the input checks of :meth:`forward` are Python-only. Parameters and buffers are shared."""
+        return self.__dict__.get("_zoo_forward") or traceable(self)
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)
@@ -51,13 +80,20 @@ class ZooModel(nn.Module):
         return forward_intermediates(self, x, indices, intermediates_only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return self._checked(x, self._checkpointed())
+        return self._checked(x, self.__dict__.get("_zoo_forward"))
+
+    def _checked(self, x: torch.Tensor, forward: nn.Module | None) -> torch.Tensor:
+        if torch.jit.is_tracing():  # the checks would be recorded as constants (TracerWarnings)
+            return forward(x) if forward is not None else super().forward(x)
         channels = self.pretrained_cfg["input_size"][0]
         if x.dim() != 4 or x.shape[1] != channels:
             raise ValueError(f"{self.pretrained_cfg['name']} expects input of shape (N, {channels}, H, W), "
                              f"e.g. (N, {', '.join(map(str, self.pretrained_cfg['input_size']))}); "
                              f"got {tuple(x.shape)}")
-        if "_zoo_forward" in self.__dict__:  # another global pooling (zoo.modeling.backbone.set_head): a rewritten graph
-            return self.__dict__["_zoo_forward"](x)
+        if forward is not None:  # another global pooling (backbone.set_head) or checkpointed segments
+            return forward(x)
         native = tuple(self.pretrained_cfg["native_size"])
         if self.pretrained_cfg.get("global_pool") == "adaptive" or tuple(x.shape[2:]) == native:
             return super().forward(x)
@@ -67,7 +103,6 @@ class ZooModel(nn.Module):
             raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
                              f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
                              "`global_pool: adaptive` accepts other sizes") from exc
-
 
 def entry_config(entry: Entry) -> dict[str, Any]:
     """A model's ``pretrained_cfg`` before any weights are loaded: the registry entry and its native size."""

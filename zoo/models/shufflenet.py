@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def channel_shuffle(x, groups):
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     # ShuffleNet: split the channels into groups and interleave them (group-major to channel-major order).
     return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
