@@ -17,10 +17,10 @@ from torch import nn
 
 from ..convert.naming import class_name
 from ..registry import PACKAGE_MODELS, Entry, RegistryError, load_registry
+from ..weights.infer import from_generated
 from ..weights.pretrained import WeightsError, fit, read_config, read_safetensors, resolve_pretrained
 
 log = logging.getLogger("zoo")
-NATIVE_CLASSES = 1000
 
 
 class ZooModel(nn.Module):
@@ -136,12 +136,19 @@ def model_class(name: str) -> type[ZooModel]:
     return cls
 
 
+def resolved_entry(name: str) -> Entry:
+    """The registry entry with what it leaves out (classifier, input size, labels...) as its build read it
+    from the ONNX file and recorded in the generated source."""
+    return from_generated(load_registry().entry(name), model_class(name)._zoo_source)
+
+
 def _config(entry: Entry) -> dict[str, Any]:
     cfg = entry.to_dict()
     cfg["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["preprocessing"].items()}
     cfg["input_size"] = list(entry.input_size)
     cfg["native_size"] = list(entry.input_size[1:])
-    cfg["num_classes"] = NATIVE_CLASSES
+    cfg["labels"] = list(entry.labels) if isinstance(entry.labels, tuple) else entry.labels
+    cfg["inferred"] = list(entry.inferred)
     cfg["weights"] = None
     cfg["standin"] = None
     return cfg
@@ -199,7 +206,8 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
 
         model = from_hub(name[len("hf-hub:"):], num_classes=num_classes)
         return configure(model, model.pretrained_cfg.get("model_args"), **options)
-    entry = load_registry().entry(name)
+    entry = resolved_entry(name)
+    native = entry.num_classes
     cfg = _config(entry)
     state, where, config = None, None, {}
     if pretrained is True:
@@ -216,16 +224,16 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     model = _construct(model_class(name), on_meta=state is not None)
     model.classifier_name = entry.classifier
     model.pretrained_cfg = cfg
-    model.num_classes = NATIVE_CLASSES
+    model.num_classes = native
     if state is not None:
         head = state.get(f"{entry.classifier}.weight")
-        trained = int(head.shape[0]) if head is not None else NATIVE_CLASSES
+        trained = int(head.shape[0]) if head is not None else native
         if head is None and config.get("num_classes") == 0:
             trained = 0  # saved without a classifier (num_classes=0, or a features_only backbone)
-        if trained != NATIVE_CLASSES and num_classes not in (None, trained):
+        if trained != native and num_classes not in (None, trained):
             raise WeightsError(f"{where}: the weights have a {trained}-class head, not num_classes={num_classes}; "
                                f"load them without num_classes, then call model.reset_classifier({num_classes})")
-        if trained != NATIVE_CLASSES:
+        if trained != native:
             model.reset_classifier(trained)  # a fine-tuned checkpoint with its own head
         model = restore(model, config.get("model_args"))  # the layers the weights were saved from
         fit(model, state, where)
@@ -243,7 +251,8 @@ def _constructor(entry: Entry) -> Callable[..., ZooModel]:
         return create_model(entry.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
     build.__name__ = build.__qualname__ = entry.name
-    build.__doc__ = (f"{entry.description}\n\n{entry.upstream}. Paper: {entry.paper}. License: {entry.license}.\n\n"
+    build.__doc__ = (f"{entry.description or entry.name}\n\n{entry.upstream or entry.source.file}. "
+                     f"Paper: {entry.paper or '-'}. License: {entry.license or '-'}.\n\n"
                      "Arguments as for :func:`zoo.create_model`.")
     return build
 
@@ -271,5 +280,5 @@ def model_config(model: ZooModel) -> dict[str, Any]:
     return out
 
 
-__all__ = ["ZooModel", "create_model", "list_models", "model_class", "constructors", "constructor", "model_config",
+__all__ = ["ZooModel", "create_model", "list_models", "model_class", "resolved_entry", "constructors", "constructor", "model_config",
            "WeightsError"]

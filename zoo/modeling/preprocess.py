@@ -24,9 +24,9 @@ def _cfg(name_or_model) -> dict:
     """The preprocessing and labels that go with a model: what its weights' config.json said when it was
     loaded from a folder (pretrained_cfg), else the registry's."""
     if isinstance(name_or_model, str):
-        from .factory import _config
+        from .factory import _config, resolved_entry
 
-        return _config(load_registry().entry(name_or_model))
+        return _config(resolved_entry(name_or_model))
     cfg = getattr(name_or_model, "pretrained_cfg", None)
     if not isinstance(cfg, dict) or "preprocessing" not in cfg:
         raise ValueError(f"expected a zoo model or a model name, got {type(name_or_model).__name__}")

@@ -30,6 +30,7 @@ from ..convert import ConversionError, ConversionResult, convert, verify
 from ..convert.api import instantiate, write_atomically
 from ..weights.download import DownloadError, check_file, default_cache, fetch, file_sha256
 from ..registry import Entry, RegistryError, load_registry, models_dir
+from ..weights.infer import annotate, complete, fix_input_size
 from .hub import HubPublisher, PublishError, verify_upload
 from .standins import build_standin
 
@@ -142,7 +143,7 @@ def converter_digest() -> str:
     digest = hashlib.sha256()
     here = Path(__file__).parents[1]
     for path in sorted([*here.joinpath("convert").rglob("*.py"), here / "publish" / "build.py",
-                        here / "publish" / "standins.py"]):
+                        here / "publish" / "standins.py", here / "weights" / "infer.py"]):
         digest.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -175,9 +176,12 @@ def obtain_source(entry: Entry, opts: Options, workdir: Path) -> tuple[Path, boo
         raise BuildError(f"{entry.name}: {exc}") from None
 
 
-def prepare_graph(onnx_path: Path, logits: str, out_path: Path) -> Path:
-    """The graph cut at the logits tensor and flattened to (N, classes), as zoo models return."""
+def prepare_graph(onnx_path: Path, logits: str, out_path: Path, input_size=None) -> Path:
+    """The graph cut at the logits tensor and flattened to (N, classes), as zoo models return; an input
+    size the file leaves free is fixed to ``input_size``."""
     model = onnx.load(str(onnx_path))
+    if input_size is not None:
+        fix_input_size(model, input_size)
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     if logits not in infos:
@@ -200,7 +204,8 @@ def prepare_graph(onnx_path: Path, logits: str, out_path: Path) -> Path:
 
 def convert_entry(entry: Entry, onnx_path: Path, work: Path) -> tuple[Path, ConversionResult]:
     """(the graph cut at the logits, its conversion): the same for the build and for rebuilt weights."""
-    prepared = prepare_graph(onnx_path, entry.logits, work / "prepared.onnx")
+    entry = complete(entry, onnx_path, work)
+    prepared = prepare_graph(onnx_path, entry.logits, work / "prepared.onnx", entry.input_size)
     try:
         return prepared, convert(prepared, work / "converted", name=entry.name, classifier=entry.classifier,
                                  source_name=entry.source.file, source_sha256=entry.source.sha256,
@@ -226,6 +231,7 @@ def build_entry(entry: Entry, opts: Options) -> Result:
     with tempfile.TemporaryDirectory(dir=opts.out, prefix=f".build-{entry.name}-") as tmp:
         work = Path(tmp)
         onnx_path, standin = obtain_source(entry, opts, work)
+        entry = complete(entry, onnx_path, work)
         prepared, result = convert_entry(entry, onnx_path, work)
         try:
             module = instantiate(result.source_path, result.class_name, result.weights_path)
@@ -251,7 +257,7 @@ def build_entry(entry: Entry, opts: Options) -> Result:
         os.replace(result.weights_path, staged / "model.safetensors")
         (staged / "config.json").write_text(dumps(config))
         (staged / "README.md").write_text(make_card(entry, config))
-        source = result.source_path.read_bytes()
+        source = annotate(result.source_path.read_text(), entry).encode()
         (staged / "build.json").write_text(dumps({
             "fingerprint": key, "source_py_sha256": hashlib.sha256(source).hexdigest(), "standin": standin,
             "worst_error": report.worst, "weights_sha256": file_sha256(staged / "model.safetensors")}))
@@ -306,9 +312,17 @@ def build(opts: Options) -> list[Result]:
     if unknown:
         raise BuildError(f"unknown model(s) {', '.join(unknown)}; the registry has {', '.join(registry)}")
     errors += [str(registry.errors[n]) for n in (opts.names or registry.errors) if n in registry.errors]
+    entries = [registry[n] for n in (opts.names or registry) if n in registry]
+    unknown_facts = {e.name: e.placeholders() for e in entries if e.placeholders()}
+    for name, fields in unknown_facts.items():  # fine for one's own use; a published model must say them
+        (errors.append if opts.push else log.warning)(
+            f"{name}: {', '.join(fields)} in {registry.path} still say(s) the fact is unknown; give the real "
+            "value" + (" before publishing (nothing was built or pushed for it)" if opts.push else
+                       " before `build --push` publishes it"))
+    if opts.push:
+        entries = [e for e in entries if e.name not in unknown_facts]
     if opts.push:
         namespace(opts)
-    entries = [registry[n] for n in (opts.names or registry) if n in registry]
     recover(opts.out)
     opts.models_dir.mkdir(parents=True, exist_ok=True)
     init = opts.models_dir / "__init__.py"
