@@ -222,6 +222,11 @@ def _entry(name: str, data: Any, where: str, base: Path) -> Entry:
     return entry
 
 
+def parse_entry(name: str, data: Any, where: str, base: Path) -> Entry:
+    """One entry as the registry file at ``base`` would hold it (relative URLs are relative to ``base``)."""
+    return _entry(name, data, where, base)
+
+
 class Registry(dict):
     """Valid entries by name, in file order; ``errors`` holds each broken entry's RegistryError.
 

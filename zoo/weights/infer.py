@@ -156,11 +156,13 @@ def complete(entry: Entry, onnx_path: Path, work: Path) -> Entry:
         return entry  # completed already
     if (given := _as_given(entry)) is not None:
         return given
-    proto = onnx.load(str(onnx_path))
+    try:
+        proto = onnx.load(str(onnx_path))
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file at all
+        raise RegistryError(f"{entry.name}: {onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
     size = input_size(entry, proto)
     scores = logits(entry, proto)
     fix_input_size(proto, size)
-    del proto.graph.output[:]
     work.mkdir(parents=True, exist_ok=True)
     prepared = work / "inferring.onnx"
     onnx.save(proto, str(prepared))
