@@ -221,7 +221,8 @@ def annotate(source: str, entry: Entry) -> str:
     if not entry.inferred and entry.num_classes == IMAGENET_CLASSES and not isinstance(entry.labels, tuple):
         return source
     facts = {"classifier": entry.classifier, "input_size": list(entry.input_size), "num_classes": entry.num_classes,
-             "labels": entry.labels if entry.labels == "imagenet-1k" else None, "global_pool": entry.global_pool}
+             "labels": entry.labels if entry.labels == "imagenet-1k" else None, "global_pool": entry.global_pool,
+             "inferred": list(entry.inferred)}
     said = {"input_size": "x".join(map(str, entry.input_size)), "logits": safe_comment(entry.logits),
             "labels": entry.labels if entry.labels == "imagenet-1k" else
             f"{entry.num_classes} numbered" if entry.labels is None else f"{entry.num_classes} names given",
@@ -247,12 +248,11 @@ def from_generated(entry: Entry, module) -> Entry:
     filled = {k: (tuple(facts[k]) if k == "input_size" else facts[k]) for k in ("input_size", "classifier", "labels",
                                                                                  "global_pool")
               if getattr(entry, k) is None and k in facts}
-    inferred = tuple(k for k in filled if facts.get(k) is not None)
+    inferred = tuple(k for k in facts.get("inferred", ()) if getattr(entry, k, None) is None)
     entry = dataclasses.replace(entry, **filled, num_classes=int(facts.get("num_classes", IMAGENET_CLASSES)),
                                 inferred=inferred, global_pool=filled.get("global_pool") or entry.global_pool or "fixed")
     if entry.description is None:
-        entry = dataclasses.replace(entry, inferred=entry.inferred + ("description",),
-                                    description=_description(entry, entry.num_classes, entry.input_size))
+        entry = dataclasses.replace(entry, description=_description(entry, entry.num_classes, entry.input_size))
     return entry
 
 
