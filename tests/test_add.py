@@ -75,6 +75,22 @@ def zoo(*args, env, check=True) -> subprocess.CompletedProcess:
     return run("-m", "zoo", *args, env=env, check=check)
 
 
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """The `zoo` command in this process: for refusals, which must not cost a subprocess start each."""
+    from zoo.cli import main
+
+    def call(*args, env) -> tuple[int, str, str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        code = main(list(map(str, args)))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return code, out, err
+
+    return call
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("onnx")
@@ -173,21 +189,20 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
     assert sorted(line.split()[-1] for line in predicted.splitlines()[1:]) == ["cat", "dog", "fox", "owl"]
 
 
-def test_zoo_list_marks_yours_and_built_in(user):
+def test_zoo_list_marks_yours_and_built_in(user, cli):
     root, env, _ = user
-    listed = zoo("list", env=env).stdout.splitlines()
+    listed = cli("list", env=env)[1].splitlines()
     rows = {line.split()[0]: line.split()[1] for line in listed[1:] if line and not line.startswith("*")}
     assert rows["mobile"] == rows["squeeze"] == "yours" and rows["resnet50"] == "built-in*"
     assert listed[1].startswith("mobile")
     assert "unset ZOO_REGISTRY" in listed[-1]
 
 
-def test_placeholders_are_refused_by_build_push(user):
+def test_placeholders_are_refused_by_build_push(user, cli):
     root, env, _ = user
-    pushed = zoo("build", "squeeze", "--push", "--namespace", "me", "--endpoint", "http://127.0.0.1:9",
-                 "--out", root / "push", env=env, check=False)
-    assert pushed.returncode == 1
-    assert "squeeze: license, preprocessing.source" in pushed.stderr and "before publishing" in pushed.stderr
+    code, _, err = cli("build", "squeeze", "--push", "--namespace", "me", "--endpoint", "http://127.0.0.1:9",
+                       "--out", root / "push", env=env)
+    assert code == 1 and "squeeze: license, preprocessing.source" in err and "before publishing" in err
 
 
 @pytest.mark.parametrize("kind,args,message", [
@@ -200,11 +215,11 @@ def test_placeholders_are_refused_by_build_push(user):
     ("mobilenet", ["--input-size", "3,32,32"], r"input_size: \[3, 32, 32\] contradicts the file: the file's input "
                                                r"'image' is \?x3x64x64"),
 ])
-def test_refusals_name_the_field_and_leave_nothing(files, tmp_path, kind, args, message):
+def test_refusals_name_the_field_and_leave_nothing(files, tmp_path, cli, kind, args, message):
     env = {"ZOO_REGISTRY": str(tmp_path / "registry.yaml"), "ZOO_CACHE": str(tmp_path / "cache")}
-    done = zoo("add", files[kind], "--name", "x", *args, env=env, check=False)
-    assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    code, _, err = cli("add", files[kind], "--name", "x", *args, env=env)
+    assert code == 1 and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "registry.yaml").exists() and not (tmp_path / "models" / "x.py").exists()
 
 
@@ -263,10 +278,10 @@ def test_minimal_hand_written_entry(files, tmp_path):
     ("logits: nowhere\n", r"mini: logits: no tensor 'nowhere' in the file \(its outputs: 'prob'\)"),
     ("labels: imagenet-1k\n", r"mini: labels: imagenet-1k has 1,000 classes, the file's '.*' has 7"),
 ])
-def test_contradicting_fields_are_errors_naming_the_field(files, tmp_path, extra, message):
+def test_contradicting_fields_are_errors_naming_the_field(files, tmp_path, cli, extra, message):
     env = _minimal(tmp_path, files, extra)
-    done = zoo("build", "--out", tmp_path / "build", env=env, check=False)
-    assert done.returncode == 1 and re.search(message, done.stderr), done.stderr
+    code, _, err = cli("build", "--out", tmp_path / "build", env=env)
+    assert code == 1 and re.search(message, err), err
     assert not (tmp_path / "models" / "mini.py").exists()
 
 
@@ -289,3 +304,18 @@ def test_readme_adding_a_model_runs_as_written(tmp_path):
     assert "Linear(in_features=1280, out_features=5" in done.stdout
     assert re.search(r"^my_mobilenet\s+yours\s+classifier\.1", done.stdout, re.M)
     assert (tmp_path / "myzoo" / "models" / "my_mobilenet.py").is_file()
+
+
+def test_add_from_a_url_fetches_once_and_works_offline_after(files, tmp_path):
+    from tests.servers import FileServer
+
+    env = {"ZOO_REGISTRY": str(tmp_path / "registry.yaml"), "ZOO_CACHE": str(tmp_path / "cache")}
+    with FileServer({"/models/softmax.onnx": files["softmax"].read_bytes()}) as server:
+        url = server.url + "/models/softmax.onnx"
+        zoo("add", url, "--name", "web", env=env)
+        assert [path for path, _ in server.requests] == ["/models/softmax.onnx"]
+    entry = yaml.safe_load((tmp_path / "registry.yaml").read_text())["models"]["web"]
+    assert entry["source"]["urls"] == [url] and entry["source"]["file"] == "softmax.onnx"
+    shown = run("-c", "import zoo; print(zoo.create_model('web', pretrained=True).num_classes)",
+                env={**env, "ZOO_OFFLINE": "1"}).stdout
+    assert shown.split()[-1] == "7"

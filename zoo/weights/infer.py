@@ -181,7 +181,8 @@ def complete(entry: Entry, onnx_path: Path, work: Path) -> Entry:
     classes = prod(per_sample)
     candidates = _head_layer(graph, lowering, parts)
     if entry.classifier is not None:
-        if not _splits(graph, parts, entry.classifier):
+        # the last layer with weights, or (where the walk back finds none) any layer the head can be split at
+        if entry.classifier not in candidates if candidates else not _splits(graph, parts, entry.classifier):
             found = next((c for c in candidates if _splits(graph, parts, c)), None)
             raise _fail(entry, "classifier", f"{entry.classifier!r} is not a layer that maps the features to "
                                              f"{safe_comment(scores)!r}; " +
@@ -245,12 +246,11 @@ def from_generated(entry: Entry, module) -> Entry:
         raise RegistryError(f"{entry.name}: the entry leaves out {', '.join(missing)} and its generated source "
                             f"{getattr(module, '__file__', '')} does not say them; rebuild it "
                             f"(`zoo build {entry.name}`)")
-    filled = {k: (tuple(facts[k]) if k == "input_size" else facts[k]) for k in ("input_size", "classifier", "labels",
-                                                                                 "global_pool")
+    filled = {k: (tuple(facts[k]) if k == "input_size" else facts[k]) for k in ("input_size", "classifier", "labels")
               if getattr(entry, k) is None and k in facts}
     inferred = tuple(k for k in facts.get("inferred", ()) if getattr(entry, k, None) is None)
     entry = dataclasses.replace(entry, **filled, num_classes=int(facts.get("num_classes", IMAGENET_CLASSES)),
-                                inferred=inferred, global_pool=filled.get("global_pool") or entry.global_pool or "fixed")
+                                inferred=inferred, global_pool=entry.global_pool or facts.get("global_pool") or "fixed")
     if entry.description is None:
         entry = dataclasses.replace(entry, description=_description(entry, entry.num_classes, entry.input_size))
     return entry
