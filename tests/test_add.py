@@ -164,12 +164,23 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
                 got = model(x)
             if name == "softmaxed":
                 got = got.softmax(1)
-            tuned = zoo.create_model(name, pretrained=True, num_classes=2)
+            tuned = zoo.create_model(name, pretrained=True, num_classes=2).train()
+            optimizer = torch.optim.SGD(zoo.param_groups(tuned, 0.05, weight_decay=0.0), momentum=0.9)
+            target = torch.tensor([0, 1])
+            losses = []
+            for _ in range(5):  # the new head learns a fixed batch
+                loss = torch.nn.functional.cross_entropy(tuned(x), target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            tuned.eval()
             backbone = zoo.create_model(name, pretrained=True, features_only=True)
             with torch.no_grad():
                 maps = backbone(x)
             out[name] = {{"error": float((got - torch.from_numpy(ref)).abs().max()), "classes": model.num_classes,
                          "labels": zoo.labels(model)[:2], "tuned": tuned(x).shape[1], "maps": len(maps),
+                         "learned": losses[-1] < losses[0],
                          "inferred": model.pretrained_cfg["inferred"]}}
         bigger = zoo.create_model("softmaxed", pretrained=True).eval()
         out["adaptive"] = list(bigger(torch.randn(1, 3, 48, 48)).shape)
@@ -180,7 +191,7 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
     assert [out[n]["classes"] for n in ("mobile", "squeeze", "softmaxed")] == [1000, 4, 7]
     assert out["mobile"]["labels"] == ["tench", "goldfish"] and out["squeeze"]["labels"] == ["cat", "dog"]
     assert out["softmaxed"]["labels"] == ["0", "1"]
-    assert all(out[n]["tuned"] == 2 for n in ("mobile", "squeeze", "softmaxed"))
+    assert all(out[n]["tuned"] == 2 and out[n]["learned"] for n in ("mobile", "squeeze", "softmaxed")), out
     assert [out[n]["maps"] for n in ("mobile", "squeeze", "softmaxed")] == [5, 4, 1]  # one stage: a single conv
     assert out["adaptive"] == [1, 7]
     image = root / "red.png"

@@ -152,8 +152,8 @@ def _as_given(entry: Entry) -> Entry | None:
 
 def complete(entry: Entry, onnx_path: Path, work: Path) -> Entry:
     """The entry with every field it left out read from the file, and the given ones checked against it."""
-    if entry.num_classes is not None:
-        return entry  # completed already
+    if entry.num_classes is not None and entry.complete:
+        return entry  # completed already (from_generated leaves out the logits: only the file has them)
     if (given := _as_given(entry)) is not None:
         return given
     try:
