@@ -18,6 +18,8 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from tests.servers import FileServer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,15 +120,23 @@ def user(files, tmp_path_factory):
         "squeeze": zoo("add", f"file://{files['squeezenet']}", "--name", "squeeze", "--labels", root / "names.txt",
                        "--preprocessing", "caffe-bgr", env=env).stdout,
         "softmaxed": zoo("add", files["softmax"], "--name", "softmaxed", env=env).stdout,
+        "free": zoo("add", files["free"], "--name", "free", "--input-size", "3,64,64", env=env).stdout,
+        "two": zoo("add", files["two"], "--name", "two", "--logits", "scores", env=env).stdout,
     }
-    return root, env, added
+    with FileServer({"/models/softmax.onnx": files["softmax"].read_bytes()}) as server:
+        url = server.url + "/models/softmax.onnx"
+        added["web"] = zoo("add", url, "--name", "web", env=env).stdout
+        assert [path for path, _ in server.requests] == ["/models/softmax.onnx"]  # fetched once
+    return root, env, added, url
 
 
 def test_add_writes_a_complete_commented_entry_and_builds_it(user, files):
-    root, env, added = user
+    root, env, added, url = user
     text = (root / "registry.yaml").read_text()
     entries = yaml.safe_load(text)["models"]
-    assert list(entries) == ["mobile", "squeeze", "softmaxed"]
+    assert list(entries) == ["mobile", "squeeze", "softmaxed", "free", "two", "web"]
+    assert entries["free"]["input_size"] == [3, 64, 64] and entries["two"]["logits"] == "scores"
+    assert entries["web"]["source"]["urls"] == [url] and entries["web"]["source"]["file"] == "softmax.onnx"
     mobile = entries["mobile"]
     assert mobile["input_size"] == [3, 64, 64] and mobile["classifier"] == "classifier.1"
     assert mobile["logits"] == "logits" and mobile["labels"] == "imagenet-1k" and mobile["license"] == "BSD-3-Clause"
@@ -150,7 +160,7 @@ def test_add_writes_a_complete_commented_entry_and_builds_it(user, files):
 
 
 def test_added_models_load_fine_tune_and_serve_backbones(user, files):
-    root, env, _ = user
+    root, env, *_ = user
     code = textwrap.dedent(f"""
         import json, numpy, onnxruntime, torch, zoo
         out = {{}}
@@ -181,16 +191,19 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
                          "inferred": model.pretrained_cfg["inferred"]}}
         bigger = zoo.create_model("softmaxed", pretrained=True).eval()
         out["adaptive"] = list(bigger(torch.randn(1, 3, 48, 48)).shape)
+        out["others"] = [list(zoo.create_model(n, pretrained=True).eval()(torch.randn(1, 3, s, s)).shape)
+                         for n, s in (("free", 64), ("two", 32), ("web", 32))]
         print(json.dumps(out))
     """)
-    out = json.loads(run("-c", code, env=env).stdout.splitlines()[-1])
+    # zoo add cached every model's weights: nothing is fetched again (the URL's server is gone)
+    out = json.loads(run("-c", code, env={**env, "ZOO_OFFLINE": "1"}).stdout.splitlines()[-1])
     assert all(out[n]["error"] < 1e-4 for n in ("mobile", "squeeze", "softmaxed")), out
     assert [out[n]["classes"] for n in ("mobile", "squeeze", "softmaxed")] == [1000, 4, 7]
     assert out["mobile"]["labels"] == ["tench", "goldfish"] and out["squeeze"]["labels"] == ["cat", "dog"]
     assert out["softmaxed"]["labels"] == ["0", "1"]
     assert all(out[n]["tuned"] == 2 and out[n]["learned"] for n in ("mobile", "squeeze", "softmaxed")), out
     assert [out[n]["maps"] for n in ("mobile", "squeeze", "softmaxed")] == [5, 4, 1]  # one stage: a single conv
-    assert out["adaptive"] == [1, 7]
+    assert out["adaptive"] == [1, 7] and out["others"] == [[1, 3], [1, 7], [1, 7]]
     image = root / "red.png"
     Image.new("RGB", (90, 70), (220, 20, 20)).save(image)
     predicted = zoo("predict", "squeeze", image, "--top", "4", env=env).stdout
@@ -198,7 +211,7 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
 
 
 def test_zoo_list_marks_yours_and_built_in(user, cli):
-    root, env, _ = user
+    root, env, *_ = user
     listed = cli("list", env=env)[1].splitlines()
     rows = {line.split()[0]: line.split()[1] for line in listed[1:] if line and not line.startswith("*")}
     assert rows["mobile"] == rows["squeeze"] == "yours" and rows["resnet50"] == "built-in*"
@@ -207,7 +220,7 @@ def test_zoo_list_marks_yours_and_built_in(user, cli):
 
 
 def test_placeholders_are_refused_by_build_push(user, cli):
-    root, env, _ = user
+    root, env, *_ = user
     code, _, err = cli("build", "squeeze", "--push", "--namespace", "me", "--endpoint", "http://127.0.0.1:9",
                        "--out", root / "push", env=env)
     assert code == 1 and "squeeze: license, preprocessing.source" in err and "before publishing" in err
@@ -231,17 +244,6 @@ def test_refusals_name_the_field_and_leave_nothing(files, tmp_path, cli, kind, a
     assert not (tmp_path / "registry.yaml").exists() and not (tmp_path / "models" / "x.py").exists()
 
 
-def test_free_size_and_second_output_given_on_the_command_line(files, tmp_path):
-    env = {"ZOO_REGISTRY": str(tmp_path / "registry.yaml"), "ZOO_CACHE": str(tmp_path / "cache")}
-    zoo("add", files["free"], "--name", "free", "--input-size", "3,64,64", env=env)
-    zoo("add", files["two"], "--name", "two", "--logits", "scores", env=env)
-    entries = yaml.safe_load((tmp_path / "registry.yaml").read_text())["models"]
-    assert entries["free"]["input_size"] == [3, 64, 64] and entries["two"]["logits"] == "scores"
-    shapes = run("-c", "import torch, zoo; print([tuple(zoo.create_model(n, pretrained=True)(torch.randn(1, 3, s, s))"
-                       ".shape) for n, s in (('free', 64), ('two', 32))])", env=env).stdout
-    assert shapes.strip() == "[(1, 3), (1, 7)]"
-
-
 MINIMAL = """\
 models:
   mini:
@@ -262,7 +264,7 @@ def _minimal(tmp_path, files, extra="") -> dict[str, str]:
             "ZOO_PINS": str(tmp_path / "none.json")}
 
 
-def test_minimal_hand_written_entry(files, tmp_path):
+def test_minimal_hand_written_entry(files, tmp_path, cli):
     env = _minimal(tmp_path, files)
     zoo("build", "--out", tmp_path / "build", env=env)
     source = (tmp_path / "models" / "mini.py").read_text()
@@ -274,7 +276,7 @@ def test_minimal_hand_written_entry(files, tmp_path):
             "print(c['inferred'], c['num_classes'], c['global_pool'], m(torch.randn(1, 3, 40, 40)).shape[1])")
     shown = run("-c", code, env=env).stdout.strip()
     assert shown == ("['input_size', 'logits', 'classifier', 'global_pool', 'description'] 7 adaptive 7"), shown
-    info = zoo("info", "mini", env=env).stdout
+    info = cli("info", "mini", env=env)[1]
     assert "read from file" in info and "classifier      fc" in info
 
 
@@ -313,17 +315,3 @@ def test_readme_adding_a_model_runs_as_written(tmp_path):
     assert re.search(r"^my_mobilenet\s+yours\s+classifier\.1", done.stdout, re.M)
     assert (tmp_path / "myzoo" / "models" / "my_mobilenet.py").is_file()
 
-
-def test_add_from_a_url_fetches_once_and_works_offline_after(files, tmp_path):
-    from tests.servers import FileServer
-
-    env = {"ZOO_REGISTRY": str(tmp_path / "registry.yaml"), "ZOO_CACHE": str(tmp_path / "cache")}
-    with FileServer({"/models/softmax.onnx": files["softmax"].read_bytes()}) as server:
-        url = server.url + "/models/softmax.onnx"
-        zoo("add", url, "--name", "web", env=env)
-        assert [path for path, _ in server.requests] == ["/models/softmax.onnx"]
-    entry = yaml.safe_load((tmp_path / "registry.yaml").read_text())["models"]["web"]
-    assert entry["source"]["urls"] == [url] and entry["source"]["file"] == "softmax.onnx"
-    shown = run("-c", "import zoo; print(zoo.create_model('web', pretrained=True).num_classes)",
-                env={**env, "ZOO_OFFLINE": "1"}).stdout
-    assert shown.split()[-1] == "7"

@@ -8,7 +8,6 @@ import argparse
 import logging
 import os
 import re
-import shutil
 import sys
 import tempfile
 import uuid

@@ -168,8 +168,8 @@ def complete(entry: Entry, onnx_path: Path, work: Path) -> Entry:
     onnx.save(proto, str(prepared))
     try:
         graph, parts, lowering = _lowered(prepared, scores)
-    except ConversionError as exc:
-        raise RegistryError(f"{entry.name}: {exc}") from None
+    except ConversionError as exc:  # named after the user's file, not this working copy
+        raise RegistryError(f"{entry.name}: {str(exc).replace(str(prepared), str(onnx_path))}") from None
     finally:
         prepared.unlink(missing_ok=True)
     shape = graph.value(scores).shape
