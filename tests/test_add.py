@@ -213,7 +213,7 @@ def test_added_models_load_fine_tune_and_serve_backbones(user, files):
 def test_zoo_list_marks_yours_and_built_in(user, cli):
     root, env, *_ = user
     listed = cli("list", env=env)[1].splitlines()
-    rows = {line.split()[0]: line.split()[1] for line in listed[1:] if line and not line.startswith("*")}
+    rows = {line.split()[0]: line.split()[3] for line in listed[1:] if line and not line.startswith("*")}
     assert rows["mobile"] == rows["squeeze"] == "yours" and rows["resnet50"] == "built-in*"
     assert listed[1].startswith("mobile")
     assert "unset ZOO_REGISTRY" in listed[-1]
@@ -312,6 +312,6 @@ def test_readme_adding_a_model_runs_as_written(tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "Linear(in_features=1280, out_features=5" in done.stdout
-    assert re.search(r"^my_mobilenet\s+yours\s+classifier\.1", done.stdout, re.M)
+    assert re.search(r"^my_mobilenet\s+classifier\.1\s+-\s+yours\s", done.stdout, re.M)
     assert (tmp_path / "myzoo" / "models" / "my_mobilenet.py").is_file()
 

@@ -18,20 +18,20 @@ def _list(args) -> int:
 
     registry = load_registry()
     own = registry.path != DEFAULT_REGISTRY.resolve()
-    print(f"{'model':<16} {'where':<10} {'classifier':<18} {'top-1':<8} upstream")
+    print(f"{'model':<16} {'classifier':<18} {'top-1':<8} {'where':<10} upstream")
     for name in list_models(args.pattern):
         try:
             e = resolved_entry(name)
         except RegistryError:  # not built yet: what the entry says
             e = registry[name]
         acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
-        print(f"{name:<16} {'yours' if own else 'built-in':<10} {e.classifier or '(unbuilt)':<18} {acc:<8} "
+        print(f"{name:<16} {e.classifier or '(unbuilt)':<18} {acc:<8} {'yours' if own else 'built-in':<10} "
               f"{e.upstream or e.source.file}")
     if own:
         for name, e in load_registry(DEFAULT_REGISTRY).items():
             if args.pattern is None or fnmatch.fnmatch(name, args.pattern):
                 acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
-                print(f"{name:<16} {'built-in*':<10} {e.classifier:<18} {acc:<8} {e.upstream}")
+                print(f"{name:<16} {e.classifier:<18} {acc:<8} {'built-in*':<10} {e.upstream}")
         print(f"* built-in: not in {registry.path}; unset ZOO_REGISTRY to use them")
     return 0
 
