@@ -42,7 +42,10 @@ def _write(tmp_path, mutate):
 
 
 @pytest.mark.parametrize("mutate,message", [
-    (lambda m: m["resnet50"].pop("logits"), r"resnet50: missing field 'logits'"),
+    (lambda m: m["resnet50"].pop("source"), r"resnet50: missing field 'source'"),
+    (lambda m: m["resnet50"].pop("preprocessing"), r"resnet50: missing field 'preprocessing'"),
+    (lambda m: m["resnet50"].update(labels=["only one"]), r"resnet50\.labels: .*imagenet-1k or a list of class names"),
+    (lambda m: m["resnet50"].update(classifier="fc; import os"), r"resnet50\.classifier: .*a layer name"),
     (lambda m: m["googlenet"].update(colour="blue"), r"googlenet: unknown field\(s\) 'colour'"),
     (lambda m: m["densenet121"]["source"].update(sha256="abc"), r"densenet121\.source\.sha256: .*64 hex digits"),
     (lambda m: m["densenet121"]["source"].update(size="big"), r"densenet121\.source\.size: expected"),

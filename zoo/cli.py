@@ -9,23 +9,39 @@ from .registry import RegistryError
 
 
 def _list(args) -> int:
+    """The models create_model sees (a user registry's, when ZOO_REGISTRY names one), then the built-in ones
+    that registry replaces, marked: a user registry does not merge with the package's."""
+    import fnmatch
+
     from .modeling.factory import list_models
-    from .registry import load_registry
+    from .modeling.model import resolved_entry
+    from .registry import DEFAULT_REGISTRY, load_registry
 
     registry = load_registry()
-    print(f"{'model':<16} {'classifier':<18} {'top-1':<8} upstream")
+    own = registry.path != DEFAULT_REGISTRY.resolve()
+    print(f"{'model':<16} {'classifier':<18} {'top-1':<8} {'where':<10} upstream")
     for name in list_models(args.pattern):
-        e = registry[name]
+        try:
+            e = resolved_entry(name)
+        except RegistryError:  # not built yet: what the entry says
+            e = registry[name]
         acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
-        print(f"{name:<16} {e.classifier:<18} {acc:<8} {e.upstream}")
+        print(f"{name:<16} {e.classifier or '(unbuilt)':<18} {acc:<8} {'yours' if own else 'built-in':<10} "
+              f"{e.upstream or e.source.file}")
+    if own:
+        for name, e in load_registry(DEFAULT_REGISTRY).items():
+            if args.pattern is None or fnmatch.fnmatch(name, args.pattern):
+                acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
+                print(f"{name:<16} {e.classifier:<18} {acc:<8} {'built-in*':<10} {e.upstream}")
+        print(f"* built-in: not in {registry.path}; unset ZOO_REGISTRY to use them")
     return 0
 
 
 def _info(args) -> int:
-    from .registry import load_registry
+    from .modeling.model import resolved_entry
     from .weights.pretrained import pin_for
 
-    e = load_registry().entry(args.name)
+    e = resolved_entry(args.name)
     pre = e.preprocessing
     pin = pin_for(args.name)
     rows = [
@@ -34,7 +50,8 @@ def _info(args) -> int:
         ("preprocessing", f"{pre.channel_order} 0-{pre.value_range}, resize {pre.resize}, crop {pre.crop}, "
                           f"mean {list(pre.mean)}, std {list(pre.std)}"),
         ("  source", pre.source), *([("  notes", pre.notes)] if pre.notes else []),
-        ("labels", e.labels), ("classifier", e.classifier),
+        ("labels", e.labels if not isinstance(e.labels, tuple) else f"{len(e.labels)} names"),
+        ("classifier", e.classifier), *([("read from file", ", ".join(e.inferred))] if e.inferred else []),
         ("accuracy", f"top-1 {e.accuracy.top1}%, top-5 {e.accuracy.top5}% ({e.accuracy.source})" if e.accuracy else "-"),
         ("onnx file", f"{e.source.file}, {e.source.size:,} bytes, sha256 {e.source.sha256}"),
         ("  urls", "\n".join(e.source.urls)),
@@ -84,6 +101,7 @@ def _hash(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .convert import cli as convert_cli
     from .tasks import export as export_task
+    from .publish.add import add_parser
     from .tasks.finetune import build_parser as finetune_parser
 
     parser = argparse.ArgumentParser(prog="zoo", description="A PyTorch vision model zoo converted from ONNX.")
@@ -100,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--weights", help="local weights (file or folder) instead of the pinned Hub weights")
     p.set_defaults(run=_predict)
+    add_parser(sub)
     p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
     p.add_argument("files", nargs="+")
     p.set_defaults(run=_hash)

@@ -57,22 +57,40 @@ class Accuracy:
     source: str
 
 
+# What a registry entry says when it cannot know a fact: usable locally, refused by `build --push`.
+UNKNOWN_LICENSE = "UNKNOWN"
+PRESET_SOURCE = "unverified preset, check upstream"
+# Fields that may be left out: zoo.weights.infer reads them from the ONNX file (None until then).
+INFERABLE = ("description", "input_size", "labels", "classifier", "logits")
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
-    description: str
-    upstream: str
-    paper: str
-    license: str
     source: Source
-    input_size: tuple[int, int, int]
     preprocessing: Preprocessing
-    labels: str
-    classifier: str
-    logits: str
+    description: str | None = None
+    upstream: str | None = None
+    paper: str | None = None
+    license: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    labels: str | tuple[str, ...] | None = None  # imagenet-1k, the class names, or None: numbered
+    classifier: str | None = None
+    logits: str | None = None
     accuracy: Accuracy | None = None
-    global_pool: str = "fixed"
+    global_pool: str | None = None  # None: fixed, or adaptive where the file's head pools the whole map
+    num_classes: int | None = None  # not a registry field: the file's, set when the entry is completed
+    inferred: tuple[str, ...] = ()  # the fields read from the file rather than from the entry
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return all(getattr(self, k) is not None for k in ("input_size", "classifier", "logits"))
+
+    def placeholders(self) -> list[str]:
+        """The fields that say a fact is unknown (see UNKNOWN_LICENSE, PRESET_SOURCE)."""
+        found = ["license"] if self.license == UNKNOWN_LICENSE else []
+        return found + (["preprocessing.source"] if PRESET_SOURCE in self.preprocessing.source else [])
 
     def fingerprint(self) -> str:
         """Changes whenever anything that goes into the build of this entry changes."""
@@ -101,6 +119,7 @@ def _no_duplicates(loader, node, deep=False):
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+LAYER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")  # a module path: fc, classifier.1
 
 
 class _Fields:
@@ -186,26 +205,34 @@ def _entry(name: str, data: Any, where: str, base: Path) -> Entry:
         a.finish()
     else:
         f.used.add("accuracy")
+    labels = f.get("labels", (str, list), optional=True, what="imagenet-1k or a list of class names",
+                   check=lambda v: v == "imagenet-1k" or isinstance(v, list) and len(v) > 1
+                   and all(isinstance(x, (str, int)) and not isinstance(x, bool) and str(x).strip() for x in v))
     entry = Entry(
         name=name,
-        description=_text(f, "description"),
-        upstream=_text(f, "upstream"),
-        paper=_text(f, "paper"),
-        license=_text(f, "license"),
+        description=_text(f, "description", optional=True),
+        upstream=_text(f, "upstream", optional=True),
+        paper=_text(f, "paper", optional=True),
+        license=_text(f, "license", optional=True),
         source=source,
-        input_size=f.numbers("input_size", 3, kind=int),
+        input_size=f.numbers("input_size", 3, kind=int) if "input_size" in f.data else f.used.add("input_size"),
         preprocessing=pre,
-        labels=f.get("labels", str, check=lambda v: v == "imagenet-1k", what="imagenet-1k"),
-        classifier=f.get("classifier", str, check=lambda v: bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)),
-                         what="a layer name of the generated module"),
-        logits=_text(f, "logits"),
+        labels=tuple(map(str, labels)) if isinstance(labels, list) else labels,
+        classifier=f.get("classifier", str, optional=True, check=lambda v: bool(LAYER.fullmatch(v)),
+                         what="a layer name of the generated module (e.g. fc, classifier.1)"),
+        logits=_text(f, "logits", optional=True),
         accuracy=accuracy,
-        global_pool=f.get("global_pool", str, optional=True, default="fixed", check=lambda v: v in ("fixed", "adaptive"),
+        global_pool=f.get("global_pool", str, optional=True, check=lambda v: v in ("fixed", "adaptive"),
                           what="fixed or adaptive"),
         raw=data,
     )
     f.finish()
     return entry
+
+
+def parse_entry(name: str, data: Any, where: str, base: Path) -> Entry:
+    """One entry as the registry file at ``base`` would hold it (relative URLs are relative to ``base``)."""
+    return _entry(name, data, where, base)
 
 
 class Registry(dict):

@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..version import __version__
-from .blockcode import write_blocks
-from .blocks import find_blocks, literal_constants
+from .blockcode import structure
 from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
@@ -90,8 +89,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         if graph.value(out).const is not None:
             lowering.reference(out)
     if structure:
-        parts = literal_constants(graph, parts)
-        parts = write_blocks(graph, parts, *find_blocks(graph, parts, {classifier} if classifier else set()))
+        parts = structure(graph, parts, {classifier} if classifier else set())
     if len(graph.inputs) == 1:  # named as torchvision names it; the header comment keeps the ONNX name
         arg_names = {graph.inputs[0]: "x"}
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .blocks import Discovery, Instance
+from .blocks import Discovery, Instance, find_blocks, literal_constants
 from .ctors import Ctor, fill, holes_in, kind, num, parse, type_of
 from .emit import emit_body
 from .ir import Graph
@@ -380,3 +380,10 @@ def _wrap(line: str, indent: str) -> str:
         else:
             current = f"{current}, {piece}" if current else piece
     return "\n".join(out + [current])
+
+
+def structure(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> ModuleParts:
+    """``parts`` as the emitted module has them: an export's module tree restored and repeated blocks written as
+    classes. Layers named in ``keep`` stay attributes of the module itself (the classifier, to split the head at)."""
+    parts = literal_constants(graph, parts)
+    return write_blocks(graph, parts, *find_blocks(graph, parts, keep))

@@ -16,7 +16,7 @@ from ..registry import Entry, generated_class, load_registry
 from ..weights.hfhub import hub_weights
 from ..weights.pretrained import WeightsError, fit, pin_for, read_config, read_safetensors, resolve_pretrained
 from .backbone import configure, restore
-from .model import NATIVE_CLASSES, ZooModel, entry_config
+from .model import ZooModel, entry_config, resolved_entry
 
 log = logging.getLogger("zoo")
 
@@ -109,7 +109,8 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
         model = create_model(architecture, pretrained=folder, num_classes=num_classes)
         model.pretrained_cfg["weights"] = f"hf-hub:{name[len('hf-hub:'):].partition('@')[0]}@{folder.name}"
         return configure(model, model.pretrained_cfg.get("model_args"), **options)
-    entry = load_registry().entry(name)
+    entry = resolved_entry(name)
+    native = entry.num_classes
     cfg = entry_config(entry)
     state, where, config = None, None, {}
     if pretrained is True:
@@ -126,16 +127,16 @@ def create_model(name: str, pretrained: bool | str | os.PathLike = False, num_cl
     model = _construct(model_class(name), on_meta=state is not None)
     model.classifier_name = entry.classifier
     model.pretrained_cfg = cfg
-    model.num_classes = NATIVE_CLASSES
+    model.num_classes = native
     if state is not None:
         head = state.get(f"{entry.classifier}.weight")
-        trained = int(head.shape[0]) if head is not None else NATIVE_CLASSES
+        trained = int(head.shape[0]) if head is not None else native
         if head is None and config.get("num_classes") == 0:
             trained = 0  # saved without a classifier (num_classes=0, or a features_only backbone)
-        if trained != NATIVE_CLASSES and num_classes not in (None, trained):
+        if trained != native and num_classes not in (None, trained):
             raise WeightsError(f"{where}: the weights have a {trained}-class head, not num_classes={num_classes}; "
                                f"load them without num_classes, then call model.reset_classifier({num_classes})")
-        if trained != NATIVE_CLASSES:
+        if trained != native:
             model.reset_classifier(trained)  # a fine-tuned checkpoint with its own head
         model = restore(model, config.get("model_args"))  # the layers the weights were saved from
         fit(model, state, where)
@@ -153,7 +154,8 @@ def _constructor(entry: Entry) -> Callable[..., ZooModel]:
         return create_model(entry.name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
     build.__name__ = build.__qualname__ = entry.name
-    build.__doc__ = (f"{entry.description}\n\n{entry.upstream}. Paper: {entry.paper}. License: {entry.license}.\n\n"
+    build.__doc__ = (f"{entry.description or entry.name}\n\n{entry.upstream or entry.source.file}. "
+                     f"Paper: {entry.paper or '-'}. License: {entry.license or '-'}.\n\n"
                      "Arguments as for :func:`zoo.create_model`.")
     return build
 

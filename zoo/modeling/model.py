@@ -1,17 +1,16 @@
 """The class every zoo model is an instance of: its generated class with :class:`ZooModel` mixed in."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..registry import Entry
+from ..registry import Entry, generated_class, load_registry
+from ..weights.infer import from_generated
 from .backbone import FeatureInfo, forward_intermediates, new_classifier, set_head, stages, traceable
 from .checkpointing import checkpointed_forward
-
-NATIVE_CLASSES = 1000
-
 
 class ZooModel(nn.Module):
     """Mixed into every generated model: classifier access, input checks and the pretrained config."""
@@ -104,13 +103,20 @@ class ZooModel(nn.Module):
                              f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
                              "`global_pool: adaptive` accepts other sizes") from exc
 
+def resolved_entry(name: str) -> Entry:
+    """The registry entry with what it leaves out (classifier, input size, labels...) as its build read it
+    from the ONNX file and recorded in the generated source."""
+    return from_generated(load_registry().entry(name), sys.modules[generated_class(name).__module__])
+
+
 def entry_config(entry: Entry) -> dict[str, Any]:
     """A model's ``pretrained_cfg`` before any weights are loaded: the registry entry and its native size."""
     cfg = entry.to_dict()
     cfg["preprocessing"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg["preprocessing"].items()}
     cfg["input_size"] = list(entry.input_size)
     cfg["native_size"] = list(entry.input_size[1:])
-    cfg["num_classes"] = NATIVE_CLASSES
+    cfg["labels"] = list(entry.labels) if isinstance(entry.labels, tuple) else entry.labels
+    cfg["inferred"] = list(entry.inferred)
     cfg["weights"] = None
     cfg["standin"] = None
     return cfg

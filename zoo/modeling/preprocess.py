@@ -8,7 +8,7 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 
 from ..registry import Preprocessing, load_registry
-from .model import entry_config
+from .model import entry_config, resolved_entry
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
                   "nearest": InterpolationMode.NEAREST}
@@ -25,7 +25,7 @@ def _cfg(name_or_model) -> dict:
     """The preprocessing and labels that go with a model: what its weights' config.json said when it was
     loaded from a folder (pretrained_cfg), else the registry's."""
     if isinstance(name_or_model, str):
-        return entry_config(load_registry().entry(name_or_model))
+        return entry_config(resolved_entry(name_or_model))
     cfg = getattr(name_or_model, "pretrained_cfg", None)
     if not isinstance(cfg, dict) or "preprocessing" not in cfg:
         raise ValueError(f"expected a zoo model or a model name, got {type(name_or_model).__name__}")

@@ -28,6 +28,7 @@ from ..convert.api import instantiate, write_atomically
 from ..weights.conversion import STANDIN_SEED, BuildError, convert_entry, fingerprint
 from ..weights.download import DownloadError, check_file, default_cache, fetch, file_sha256
 from ..registry import Entry, RegistryError, load_registry, models_dir
+from ..weights.infer import annotate, complete
 from .hub import HubPublisher, PublishError, verify_upload
 from .standins import build_standin
 
@@ -168,6 +169,7 @@ def build_entry(entry: Entry, opts: Options) -> Result:
     with tempfile.TemporaryDirectory(dir=opts.out, prefix=f".build-{entry.name}-") as tmp:
         work = Path(tmp)
         onnx_path, standin = obtain_source(entry, opts, work)
+        entry = complete(entry, onnx_path, work)
         prepared, result = convert_entry(entry, onnx_path, work)
         try:
             module = instantiate(result.source_path, result.class_name, result.weights_path)
@@ -193,7 +195,7 @@ def build_entry(entry: Entry, opts: Options) -> Result:
         os.replace(result.weights_path, staged / "model.safetensors")
         (staged / "config.json").write_text(dumps(config))
         (staged / "README.md").write_text(make_card(entry, config))
-        source = result.source_path.read_bytes()
+        source = annotate(result.source_path.read_text(), entry).encode()
         (staged / "build.json").write_text(dumps({
             "fingerprint": key, "source_py_sha256": hashlib.sha256(source).hexdigest(), "standin": standin,
             "worst_error": report.worst, "weights_sha256": file_sha256(staged / "model.safetensors")}))
@@ -248,9 +250,17 @@ def build(opts: Options) -> list[Result]:
     if unknown:
         raise BuildError(f"unknown model(s) {', '.join(unknown)}; the registry has {', '.join(registry)}")
     errors += [str(registry.errors[n]) for n in (opts.names or registry.errors) if n in registry.errors]
+    entries = [registry[n] for n in (opts.names or registry) if n in registry]
+    unknown_facts = {e.name: e.placeholders() for e in entries if e.placeholders()}
+    for name, fields in unknown_facts.items():  # fine for one's own use; a published model must say them
+        (errors.append if opts.push else log.warning)(
+            f"{name}: {', '.join(fields)} in {registry.path} still say(s) the fact is unknown; give the real "
+            "value" + (" before publishing (nothing was built or pushed for it)" if opts.push else
+                       " before `build --push` publishes it"))
+    if opts.push:
+        entries = [e for e in entries if e.name not in unknown_facts]
     if opts.push:
         namespace(opts)
-    entries = [registry[n] for n in (opts.names or registry) if n in registry]
     recover(opts.out)
     opts.models_dir.mkdir(parents=True, exist_ok=True)
     init = opts.models_dir / "__init__.py"

@@ -18,11 +18,11 @@ def make_config(entry: Entry, *, class_name: str, standin: bool, source_sha256: 
         "architecture": entry.name,
         "class_name": class_name,
         "module": f"zoo.models.{entry.name}",
-        "num_classes": 1000,
+        "num_classes": entry.num_classes,
         "input_size": list(entry.input_size),
         "preprocessing": {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in entry.to_dict()["preprocessing"].items()},
-        "labels": entry.labels,
+        "labels": list(entry.labels) if isinstance(entry.labels, tuple) else entry.labels,
         "classifier": entry.classifier,
         "source": {"file": entry.source.file, "sha256": source_sha256, "pinned_sha256": entry.source.sha256,
                    "urls": list(entry.source.urls)},
@@ -50,9 +50,9 @@ def make_card(entry: Entry, config: dict[str, Any]) -> str:
         lines += ["> **Stand-in weights.** These weights are seeded random numbers in the shapes of the real",
                   "> model, built offline to exercise the pipeline. They are not pretrained and classify nothing.", ""]
     lines += [entry.description, "",
-              f"- Upstream: {entry.upstream}",
-              f"- Paper: {entry.paper}",
-              f"- License: {entry.license}",
+              f"- Upstream: {entry.upstream or entry.source.file}",
+              f"- Paper: {entry.paper or 'not given'}",
+              f"- License: {entry.license or 'not given'}",
               f"- Converted by zoo.convert {config['converter_version']} from `{entry.source.file}` "
               f"(sha256 `{config['source']['sha256']}`)", "",
               "## Usage", "", "```python", "import zoo", "",

@@ -14,6 +14,7 @@ from onnx import helper
 from ..convert import ConversionError, ConversionResult, convert
 from ..registry import Entry
 from ..version import __version__
+from .infer import complete, fix_input_size
 
 STANDIN_SEED = 0
 
@@ -28,6 +29,7 @@ def converter_digest() -> str:
     digest = hashlib.sha256()
     here = Path(__file__).parents[1]
     for path in sorted([*here.joinpath("convert").rglob("*.py"), here / "weights" / "conversion.py",
+                        here / "weights" / "infer.py",
                         here / "publish" / "build.py", here / "publish" / "standins.py"]):
         digest.update(path.relative_to(here).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
@@ -39,9 +41,12 @@ def fingerprint(entry: Entry, standin: bool) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def prepare_graph(onnx_path: Path, logits: str, out_path: Path) -> Path:
-    """The graph cut at the logits tensor and flattened to (N, classes), as zoo models return."""
+def prepare_graph(onnx_path: Path, logits: str, out_path: Path, input_size=None) -> Path:
+    """The graph cut at the logits tensor and flattened to (N, classes), as zoo models return; an input
+    size the file leaves free is fixed to ``input_size``."""
     model = onnx.load(str(onnx_path))
+    if input_size is not None:
+        fix_input_size(model, input_size)
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
     if logits not in infos:
@@ -64,7 +69,8 @@ def prepare_graph(onnx_path: Path, logits: str, out_path: Path) -> Path:
 
 def convert_entry(entry: Entry, onnx_path: Path, work: Path) -> tuple[Path, ConversionResult]:
     """(the graph cut at the logits, its conversion): the same for the build and for rebuilt weights."""
-    prepared = prepare_graph(onnx_path, entry.logits, work / "prepared.onnx")
+    entry = complete(entry, onnx_path, work)
+    prepared = prepare_graph(onnx_path, entry.logits, work / "prepared.onnx", entry.input_size)
     try:
         return prepared, convert(prepared, work / "converted", name=entry.name, classifier=entry.classifier,
                                  source_name=entry.source.file, source_sha256=entry.source.sha256,
