@@ -205,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
         print("error: no images to " + ("embed" if embedding else "classify"), file=sys.stderr)
         return 1
     model = load_model(args)
-    options = dict(out=args.out, batch_size=args.batch_size, progress=True)
+    options = dict(out=args.out, batch_size=args.batch_size, part_size=args.part_size, progress=True)
     if args.ray is not None:
         from . import ray as zoo_ray
 
@@ -213,10 +213,10 @@ def _run(args: argparse.Namespace) -> int:
                            **options)
     elif embedding:
         rows = embed(model, paths, device=device, workers=args.workers, half=args.half,
-                     channels_last=args.channels_last, part_size=args.part_size, **options)
+                     channels_last=args.channels_last, **options)
     else:
         rows = predict(model, paths, top=args.top, device=device, workers=args.workers, half=args.half,
-                       channels_last=args.channels_last, part_size=args.part_size, **options)
+                       channels_last=args.channels_last, **options)
     errors = [row for row in rows if row["error"]]
     if args.out:
         print(f"wrote {len(rows):,} rows to {args.out}" + (f" ({len(errors):,} with an error)" if errors else ""))
