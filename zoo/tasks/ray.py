@@ -7,6 +7,7 @@ Needs the ``ray`` extra: ``pip install 'onnx-zoo-torch[ray]'``.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -87,9 +88,16 @@ def _engine(model, transform: Callable, *, address: str | None, actors: int, bat
             progress: bool):
     def run(paths: Sequence[str], head: Head, table: Table | None) -> list[dict[str, Any]]:
         if not ray.is_initialized():
-            ray.init(address=None if address in (None, "local") else address, log_to_driver=False)
+            if address in (None, "local"):  # room for every actor and a decoding task, however few the cores
+                ray.init(num_cpus=max(os.cpu_count() or 1, actors + 1), log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) >= 1 else 0
+        if resources.get("CPU", 0) < actors + DECODE_CPUS:
+            raise ValueError(f"--actors {actors}: the Ray cluster has {resources.get('CPU', 0):g} CPUs; each actor "
+                             f"takes one and decoding needs {DECODE_CPUS} more")
         dataset = ray.data.from_items([{"path": p} for p in paths])
         # Decoding asks for less than a whole CPU, the model for one (or a GPU): unlike resources keep Ray Data
         # from fusing the two stages, so files are decoded by tasks anywhere in the cluster, not by the actors.
