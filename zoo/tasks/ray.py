@@ -24,6 +24,7 @@ from .predict import EMBEDDING, PART_SIZE, Head, features_model, run_table
 from .tables import Table
 
 DECODE_CPUS = 0.5
+MAX_BLOCKS = 4096
 
 
 def _decode(batch: dict[str, np.ndarray], transform: Callable) -> dict[str, np.ndarray]:
@@ -98,7 +99,9 @@ def _engine(model, transform: Callable, *, address: str | None, actors: int, bat
         if resources.get("CPU", 0) < actors + DECODE_CPUS:
             raise ValueError(f"--actors {actors}: the Ray cluster has {resources.get('CPU', 0):g} CPUs; each actor "
                              f"takes one and decoding needs {DECODE_CPUS} more")
-        dataset = ray.data.from_items([{"path": p} for p in paths])
+        # About one block per batch (at most MAX_BLOCKS): every decoding task and every actor gets work.
+        blocks = max(1, min(MAX_BLOCKS, -(-len(paths) // batch_size)))
+        dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         # Decoding asks for less than a whole CPU, the model for one (or a GPU): unlike resources keep Ray Data
         # from fusing the two stages, so files are decoded by tasks anywhere in the cluster, not by the actors.
         dataset = dataset.map_batches(_decode, fn_kwargs={"transform": transform}, batch_size=batch_size,
