@@ -1,6 +1,6 @@
 """Images/s of batch prediction, side by side in one run, on the same generated JPEG files.
 
-    python scripts/bench_predict.py [--images 96] [--model squeezenet1_1] [--batch-size 32] [--workers 2]
+    python scripts/bench_predict.py [--images 64] [--model squeezenet1_1] [--batch-size 32] [--workers 2]
                                     [--no-ray] [--json out/bench_predict.json]
 
 - "one at a time": the loop `zoo predict` ran before batching (open, preprocess, one forward per image);
@@ -61,7 +61,7 @@ def _timed(fn) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--model", default="squeezenet1_1")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
