@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
