@@ -18,12 +18,14 @@ from .modeling.optim import param_groups  # noqa: E402
 from .modeling.preprocess import labels, transforms  # noqa: E402
 from .registry import RegistryError, add_models_dir as _add_models_dir, models_dir as _models_dir  # noqa: E402
 from .tasks.export import ExportError, export  # noqa: E402
+from .tasks.evaluate import evaluate  # noqa: E402
+from .tasks.predict import embed, predict  # noqa: E402
 
 if _os.environ.get("ZOO_REGISTRY"):
     _add_models_dir(_models_dir())  # so pickled models of another registry load in a fresh process
 
-_API = ["create_model", "list_models", "fuse", "optimize", "transforms", "labels", "push_to_hub", "param_groups", "ZooModel",
-        "WeightsError", "RegistryError", "export", "ExportError"]
+_API = ["create_model", "list_models", "fuse", "optimize", "transforms", "labels", "push_to_hub", "param_groups",
+        "evaluate", "predict", "embed", "export", "ZooModel", "WeightsError", "RegistryError", "ExportError"]
 
 
 def __getattr__(name: str):

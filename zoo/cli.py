@@ -66,30 +66,6 @@ def _info(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
-    import torch
-    from PIL import Image
-
-    from .modeling.factory import create_model
-    from .modeling.preprocess import labels, transforms
-
-    pretrained = True if args.weights is None else args.weights
-    model = create_model(args.name, pretrained=pretrained).eval()
-    preprocess, names = transforms(model), labels(model)
-    standin = bool(model.pretrained_cfg.get("standin"))
-    if standin:
-        print("note: these weights are stand-ins (random), not pretrained; predictions are meaningless")
-    for path in args.images:
-        image = Image.open(path).convert("RGB")
-        with torch.no_grad():
-            probs = torch.softmax(model(preprocess(image).unsqueeze(0)), dim=1)[0]
-        top = torch.topk(probs, min(args.top, len(probs)))
-        print(path + (" (stand-in weights)" if standin else ""))
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f"  {p:7.2%}  {names[i]}")
-    return 0
-
-
 def _hash(args) -> int:
     from .weights.download import file_sha256
 
@@ -102,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from .convert import cli as convert_cli
     from .tasks import export as export_task
     from .publish.add import add_parser
+    from .tasks import evaluate, predict
     from .tasks.finetune import build_parser as finetune_parser
 
     parser = argparse.ArgumentParser(prog="zoo", description="A PyTorch vision model zoo converted from ONNX.")
@@ -112,12 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="a model's registry entry and published weights")
     p.add_argument("name")
     p.set_defaults(run=_info)
-    p = sub.add_parser("predict", help="classify images")
-    p.add_argument("name")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--weights", help="local weights (file or folder) instead of the pinned Hub weights")
-    p.set_defaults(run=_predict)
+    predict.add_parsers(sub)
+    evaluate.add_parser(sub)
     add_parser(sub)
     p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
     p.add_argument("files", nargs="+")

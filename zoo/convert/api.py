@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..version import __version__
-from .blockcode import structure
+from .blockcode import structured
 from .emit import Header, Method, emit_body, emit_module, split_at_layer
 from .errors import ConversionError
 from .ir import Graph, build_graph
@@ -89,7 +89,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         if graph.value(out).const is not None:
             lowering.reference(out)
     if structure:
-        parts = structure(graph, parts, {classifier} if classifier else set())
+        parts = structured(graph, parts, {classifier} if classifier else set())
     if len(graph.inputs) == 1:  # named as torchvision names it; the header comment keeps the ONNX name
         arg_names = {graph.inputs[0]: "x"}
     else:

@@ -382,7 +382,7 @@ def _wrap(line: str, indent: str) -> str:
     return "\n".join(out + [current])
 
 
-def structure(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> ModuleParts:
+def structured(graph: Graph, parts: ModuleParts, keep: set[str] = frozenset()) -> ModuleParts:
     """``parts`` as the emitted module has them: an export's module tree restored and repeated blocks written as
     classes. Layers named in ``keep`` stay attributes of the module itself (the classifier, to split the head at)."""
     parts = literal_constants(graph, parts)

@@ -59,8 +59,23 @@ def resized(preprocessing: dict, size: int) -> dict:
 
 
 @lru_cache(maxsize=None)
+def _data_lines(name: str) -> tuple[str, ...]:
+    return tuple(Path(__file__).parents[1].joinpath("data", name).read_text().splitlines())
+
+
 def _imagenet() -> tuple[str, ...]:
-    return tuple(Path(__file__).parents[1].joinpath("data").joinpath("imagenet_classes.txt").read_text().splitlines())
+    return _data_lines("imagenet_classes.txt")
+
+
+def imagenet_classes() -> list[str]:
+    """ImageNet-1k's 1,000 class names, in the models' output order."""
+    return list(_imagenet())
+
+
+def imagenet_wnids() -> list[str]:
+    """The WordNet ids of ImageNet-1k's classes (``n01440764``, ...), in the models' output order: the class
+    folder names of an ImageNet validation set (source: zoo/data/SOURCES.md)."""
+    return list(_data_lines("imagenet_wnids.txt"))
 
 
 def labels(name_or_model) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 import onnx
 
 from ..convert import ConversionError
-from ..convert.blockcode import structure
+from ..convert.blockcode import structured
 from ..convert.emit import split_at_layer
 from ..convert.ir import Graph, build_graph
 from ..convert.loader import load_model
@@ -123,7 +123,7 @@ def _head_layer(graph: Graph, lowering: Lowering, parts) -> list[str]:
 
 def _splits(graph: Graph, parts, name: str) -> bool:
     try:
-        split_at_layer(graph, structure(graph, parts, {name}), name)
+        split_at_layer(graph, structured(graph, parts, {name}), name)
         return True
     except ConversionError:
         return False
