@@ -13,8 +13,12 @@ def _list(args) -> int:
     from .registry import load_registry
 
     registry = load_registry()
+    names = list_models(args.pattern)
+    if not names:
+        print(f"error: no model matches {args.pattern!r}; `zoo list` shows them all", file=sys.stderr)
+        return 1
     print(f"{'model':<16} {'classifier':<18} {'top-1':<8} upstream")
-    for name in list_models(args.pattern):
+    for name in names:
         e = registry[name]
         acc = f"{e.accuracy.top1:.1f}%" if e.accuracy else "-"
         print(f"{name:<16} {e.classifier:<18} {acc:<8} {e.upstream}")
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'res*'")
     p.set_defaults(run=_list)
     p = sub.add_parser("info", help="a model's registry entry and published weights")
-    p.add_argument("name")
+    p.add_argument("name", help="a zoo model (see `zoo list`)")
     p.set_defaults(run=_info)
     p = sub.add_parser("predict", help="classify images")
     p.add_argument("name")
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="local weights (file or folder) instead of the pinned Hub weights")
     p.set_defaults(run=_predict)
     p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files to hash, e.g. an ONNX file for registry.yaml")
     p.set_defaults(run=_hash)
     p = sub.add_parser("convert", help="convert an ONNX file (python -m zoo.convert)")
     convert_cli.build_parser(p)
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["build"]:
         from .publish.build import main as build_main
 
-        return build_main(argv[1:])
+        return build_main(argv[1:], prog="zoo build")
     args = parser.parse_args(argv)
     try:
         return args.run(args)

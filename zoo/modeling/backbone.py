@@ -489,21 +489,33 @@ def configure(model: nn.Module, saved: dict[str, Any] | None = None, *, features
 
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m zoo.modeling.backbone [NAME ...]``: each model's stages (channels, reduction, feature map at the
     native size, the layer it comes from)."""
+    import argparse
     import sys
 
+    from ..registry import RegistryError
     from .factory import create_model, list_models
 
-    for name in sys.argv[1:] or list_models():
-        with torch.device("meta"):  # stages come from shapes only: no weights are made
-            model = create_model(name)
+    parser = argparse.ArgumentParser(prog="python -m zoo.modeling.backbone",
+                                     description="Print each zoo model's backbone stages: channels, reduction, "
+                                                 "feature map size at the native input, and the layer it comes from.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="zoo models (default: all)")
+    args = parser.parse_args(argv)
+    for name in args.names or list_models():
+        try:
+            with torch.device("meta"):  # stages come from shapes only: no weights are made
+                model = create_model(name)
+        except RegistryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"{name}:")
         for d, s in zip(model.feature_info, stages(model)):
             print(f"  {d['index']}: {d['num_chs']:5d} ch  reduction {d['reduction']:2d}  "
                   f"{s.size[0]}x{s.size[1]}  {d['hook_type'] or 'node'} {d['module']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

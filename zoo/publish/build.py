@@ -336,8 +336,13 @@ def build(opts: Options) -> list[Result]:
     return [results[e.name] for e in entries]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/build.py", description=__doc__.splitlines()[0])
+DESCRIPTION = ("Build the zoo from its registry: fetch each ONNX file (sha256-pinned), convert it, verify it against "
+               "onnxruntime, write zoo/models/<name>.py and, under --out, each model's weights, config.json and "
+               "model card; --push publishes them to the Hugging Face Hub.")
+
+
+def main(argv: list[str] | None = None, prog: str = "scripts/build.py") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     parser.add_argument("names", nargs="*", help="registry entries to build (default: all)")
     parser.add_argument("--out", type=Path, default=Path("out/build"), help="weights, config and card (default out/build)")
     parser.add_argument("--offline", action="store_true", help="build from stand-ins (random weights), no network")
