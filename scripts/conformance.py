@@ -185,7 +185,7 @@ PACKAGES = {"onnx2torch": "onnx2torch", "onnx2pytorch": "onnx2pytorch", "onnxrun
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/conformance.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer", action="append", default=[], choices=sorted(PACKAGES),
                         help="also run this converter (or onnxruntime, the reference executor)")
     parser.add_argument("--json", type=Path, help=f"per-case results (default: {FULL_RUN_JSON} for a full run; "

@@ -228,7 +228,7 @@ def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/corpus.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"where wheels and files are kept "
                                                                           f"(default {DEFAULT_CACHE})")
     parser.add_argument("--peer", choices=["onnx2torch"], help="also convert each file with this package")

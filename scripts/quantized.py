@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.publish.standins import build_standin
 
     registry = load_registry()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/quantized.py", description=__doc__.split("\n\n")[0])
     standins = [n for n, e in registry.items() if e.source.standin]
     parser.add_argument("--models", nargs="+", default=standins, choices=standins, metavar="NAME",
                         help="zoo models with a stand-in graph (default: all of them)")

@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None, prog: str = "scripts/build.py") -> int:
                                                         "packaged registry, models/ beside any other)")
     parser.add_argument("--cache", type=Path, help="download cache (default ~/.cache/zoo or $ZOO_CACHE)")
     args = parser.parse_args(argv)
+    if args.source is not None and not args.source.is_dir():
+        print(f"error: --source {args.source}: no such folder", file=sys.stderr)
+        return 1
     opts = Options(out=args.out, names=args.names, offline=args.offline, source_dir=args.source, push=args.push,
                    jobs=args.jobs, force=args.force, registry=args.registry, models_dir=args.models_dir,
                    cache_dir=args.cache, pins=args.pins, namespace=args.namespace,
@@ -368,7 +371,8 @@ def main(argv: list[str] | None = None, prog: str = "scripts/build.py") -> int:
     try:
         results = build(opts)
     except (BuildError, RegistryError) as exc:
-        print(f"build failed:\n{exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: build failed: {line}", file=sys.stderr)
         return 1
     for r in results:
         if r.status == "no-standin":
