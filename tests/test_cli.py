@@ -43,7 +43,7 @@ CASES = [
     ("zoo", ["convert", "{folder}", "-o", "{folder}"], 2, "{folder}"),
     ("zoo", ["convert", "{fake_onnx}", "--layers"], 2, "{fake_onnx}"),
     ("zoo", ["convert", "{text}", "--layers", "--plugin", "no_such_module"], 2, "--plugin no_such_module"),
-    ("zoo", ["build", "nosuch", "--offline", "--out", "{folder}"], 1, "unknown model 'nosuch'"),
+    ("zoo", ["build", "nosuch", "--offline", "--out", "{folder}"], 1, "unknown model(s) nosuch"),
     ("zoo", ["build", "--source", "{missing}", "--out", "{folder}", "squeezenet1_1"], 1, "{missing}"),
     ("zoo", ["finetune", "--model", "nosuch", "--dataset", "digits"], 2, "unknown model 'nosuch'"),
     ("zoo", ["finetune", "--model", "squeezenet1_1", "--data", "{missing}", "--pretrained", "none"], 2, "{missing}"),
