@@ -363,8 +363,15 @@ class SelectAdaptivePool2d(nn.Module):
         return f"pool_type={self.pool_type!r}"
 
 
-def _drop_before(classifier: nn.Module, args: tuple) -> tuple:
-    return (classifier.head_drop(args[0]), *args[1:])
+class _DropBefore:
+    """The classifier's forward pre-hook: the ``head_drop`` Dropout that sits beside the classifier (so printing
+    either shows each as what it is) applied to the classifier's input."""
+
+    def __init__(self, drop: nn.Dropout):
+        self.drop = drop
+
+    def __call__(self, classifier: nn.Module, args: tuple) -> tuple:
+        return (self.drop(args[0]), *args[1:])
 
 
 def new_classifier(model: nn.Module, num_classes: int) -> nn.Module:
@@ -430,12 +437,16 @@ def set_head(model: nn.Module, global_pool: str | None = None, drop_rate: float 
     if global_pool is not None:
         args["global_pool"] = global_pool
     classifier = model.get_classifier()
+    parent_name = model.classifier_name.rpartition(".")[0]
+    parent = model.get_submodule(parent_name) if parent_name else model
     for key, hook in list(classifier._forward_pre_hooks.items()):
-        if hook is _drop_before:
+        if isinstance(hook, _DropBefore):
             del classifier._forward_pre_hooks[key]
+    if "head_drop" in parent._modules:
+        del parent._modules["head_drop"]
     if args.get("drop_rate"):
-        classifier.head_drop = nn.Dropout(args["drop_rate"])
-        classifier.register_forward_pre_hook(_drop_before)
+        parent.head_drop = nn.Dropout(args["drop_rate"])
+        classifier.register_forward_pre_hook(_DropBefore(parent.head_drop))
     model.__dict__.pop("_zoo_forward", None)
     pool_type = args.get("global_pool")
     if pool_type == "" and model.num_classes == 0:
