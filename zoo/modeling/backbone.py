@@ -211,6 +211,14 @@ def global_pool_node(model: nn.Module) -> str | None:
     return _stages_of(generated_class(model), model.classifier_name, int(size[0]), int(size[1]))[1]
 
 
+def adaptive_pool_would_help(model: nn.Module) -> bool:
+    """Whether ``global_pool: adaptive`` in the registry would let this model take other input sizes: its head
+    pools the final map, and no backbone stage hangs on that pooling (GoogLeNet's Caffe pooling and
+    Inception-v2's do; AlexNet, ZFNet and VGG-19 flatten the map into an ``nn.Linear`` instead)."""
+    pool = global_pool_node(model)
+    return pool is not None and list(model.feature_info)[-1]["module"] != pool
+
+
 def _check_indices(model: nn.Module, indices: Sequence[int] | int | None, argument: str) -> tuple[int, ...]:
     found = stages(model)
     n = len(found)

@@ -75,9 +75,13 @@ class ZooModel(nn.Module):
         try:
             return super().forward(x)
         except RuntimeError as exc:  # a fixed pooling window (or a flatten into a Linear) that needs the native size
+            from .backbone import adaptive_pool_would_help
+
+            hint = (" A registry entry with `global_pool: adaptive` accepts other sizes."
+                    if adaptive_pool_would_help(self) else "")
             raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
-                             f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
-                             "`global_pool: adaptive` accepts other sizes") from exc
+                             f"that size); got {x.shape[2]}x{x.shape[3]}: resize to it (zoo.transforms(model) does)."
+                             + hint) from exc
 
 
 def class_name_for(name: str) -> str:
