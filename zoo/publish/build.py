@@ -164,9 +164,9 @@ def obtain_source(entry: Entry, opts: Options, workdir: Path) -> tuple[Path, boo
         try:
             check_file_copy = workdir / entry.source.file
             shutil.copyfile(path, check_file_copy)
-            check_file(check_file_copy, entry.source.sha256, entry.source.size)
+            check_file(check_file_copy, entry.source.sha256, entry.source.size, source=path)
         except DownloadError as exc:
-            raise BuildError(f"{entry.name}: {path}: {exc}") from None
+            raise BuildError(f"{entry.name}: {exc}") from None
         return check_file_copy, False
     try:
         return fetch(entry.source.urls, entry.source.sha256, filename=entry.source.file, size=entry.source.size,

@@ -51,16 +51,18 @@ def local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
-def check_file(path: Path, sha256: str, size: int | None = None) -> None:
-    """Raise DownloadError (and delete the file) when it is not the pinned content."""
+def check_file(path: Path, sha256: str, size: int | None = None, *, source: str | os.PathLike | None = None) -> None:
+    """Raise DownloadError (and delete ``path``) when it is not the pinned content. ``source``: what ``path`` is a
+    copy of (a user's file, a mirror, a URL); the message names it and says it was left alone."""
+    named, fate = (source, "left as it is; only the copy was removed") if source else (path.name, "deleted")
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"{path.name}: expected {size:,} bytes, got {actual_size:,}; deleted")
+        raise DownloadError(f"{named}: expected {size:,} bytes, got {actual_size:,}: not the pinned file ({fate})")
     actual = file_sha256(path)
     if actual != sha256:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"{path.name}: sha256 mismatch: expected {sha256}, got {actual}; deleted")
+        raise DownloadError(f"{named}: sha256 mismatch: expected {sha256}, got {actual}: not the pinned file ({fate})")
 
 
 def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: float, desc: str) -> None:
@@ -134,16 +136,18 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
                     raise DownloadError(f"no such file {local}")
                 tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
                 shutil.copyfile(local, tmp)
+                check_file(tmp, sha256, size, source=local)
             elif hub:
                 from huggingface_hub import hf_hub_download
 
                 got = Path(hf_hub_download(hub["repo"], hub["file"], revision=hub["rev"]))
                 tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
                 shutil.copyfile(got, tmp)
+                check_file(tmp, sha256, size, source=url)
             else:
                 _http_get(url, partial, size, retries, timeout, filename)
                 tmp = partial
-            check_file(tmp, sha256, size)
+                check_file(tmp, sha256, size)
             os.replace(tmp, final)
             return final
         except Exception as exc:  # try the next URL
