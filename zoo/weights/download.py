@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -65,6 +66,19 @@ def check_file(path: Path, sha256: str, size: int | None = None, *, source: str 
         raise DownloadError(f"{named}: sha256 mismatch: expected {sha256}, got {actual}: not the pinned file ({fate})")
 
 
+def _unresolvable(url: str, checked: dict[str, str | None]) -> str | None:
+    """Why ``url``'s host cannot be reached at all (its name does not resolve: no network), asked once per host,
+    so a machine without network fails at once instead of after every retry."""
+    host = urlparse(url).hostname or ""
+    if host not in checked:
+        try:
+            socket.getaddrinfo(host, None)
+            checked[host] = None
+        except (socket.gaierror, UnicodeError) as exc:
+            checked[host] = f"cannot resolve {host} (no network?): {exc}"
+    return checked[host]
+
+
 def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: float, desc: str) -> None:
     last: Exception | None = None
     for attempt in range(retries):
@@ -91,7 +105,7 @@ def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: 
             if isinstance(exc, urllib.error.HTTPError) and exc.code in (404, 410, 403, 401):
                 break
             time.sleep(min(2 ** attempt * 0.2, 5))
-    raise DownloadError(f"{url}: {last}")
+    raise DownloadError(str(last))
 
 
 STALE_COPY_S = 3600
@@ -123,7 +137,7 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
     _sweep_stale_copies(final.parent)
-    problems = []
+    problems, hosts = [], {}
     for url in urls:
         tmp = None
         try:
@@ -131,6 +145,8 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
             local = local_path(url)
             if local is None and offline:
                 raise DownloadError("offline (HF_HUB_OFFLINE or ZOO_OFFLINE): not fetched")
+            if local is None and (why := _unresolvable(url, hosts)):
+                raise DownloadError(why)
             if local is not None:
                 if not local.is_file():
                     raise DownloadError(f"no such file {local}")
@@ -156,4 +172,4 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
                 tmp.unlink(missing_ok=True)
             if "sha256 mismatch" in str(exc) or "expected" in str(exc):
                 partial.unlink(missing_ok=True)
-    raise DownloadError(f"could not fetch {filename} (sha256 {sha256[:12]}...):\n" + "\n".join(problems))
+    raise DownloadError(f"could not fetch {filename} (sha256 {sha256}):\n" + "\n".join(problems))
