@@ -16,7 +16,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 import zoo
 import zoo.publish.hub
 from zoo.publish.build import Options, build
-from zoo.publish.localhub import LocalHub
+from zoo.publish.localhub import LocalHub, free_port
 from zoo.weights.pretrained import WeightsError
 
 from .conftest import HF_HOME
@@ -279,3 +279,19 @@ def test_push_to_hub_reads_the_weights_back(writable, monkeypatch):
             zoo.push_to_hub(model, "someone/verified")
     finally:
         server.corrupt.clear()
+
+
+def test_push_to_hub_without_network_or_with_stand_ins_is_one_error(monkeypatch):
+    """No network: the package's own error naming repository and endpoint (was a raw httpx ConnectError).
+    Stand-in weights: refused off loopback, as `scripts/build.py --push` refuses them."""
+    import socket
+
+    model = zoo.create_model("squeezenet1_1", pretrained=False, num_classes=3)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(zoo.publish.hub.PublishError, match=r"^someone/flowers on http://127.0.0.1:\d+: upload failed"):
+        zoo.push_to_hub(model, "someone/flowers")
+    model.pretrained_cfg["standin"] = True  # e.g. fine-tuned from the demo's stand-in weights
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("a stand-in upload was attempted"))
+    with pytest.raises(zoo.publish.hub.PublishError, match=r"hub.example.org: refusing to push stand-in weights"):
+        zoo.push_to_hub(model, "someone/flowers")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 import onnx
@@ -30,7 +28,7 @@ from ..convert import ConversionError, ConversionResult, convert, verify
 from ..convert.api import instantiate, write_atomically
 from ..weights.download import DownloadError, check_file, default_cache, fetch, file_sha256
 from ..registry import Entry, RegistryError, load_registry, models_dir
-from .hub import HubPublisher, PublishError, verify_upload
+from .hub import HubPublisher, PublishError, is_loopback, verify_upload
 from .standins import build_standin
 
 log = logging.getLogger("zoo")
@@ -48,14 +46,6 @@ class Publisher(Protocol):
 
     def publish(self, folder: Path, repo: str, message: str) -> str:
         """Upload the folder's files to the repo; return the commit revision."""
-
-
-def is_loopback(endpoint: str | None) -> bool:
-    host = urlparse(endpoint or "").hostname or ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @dataclass
