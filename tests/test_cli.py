@@ -167,3 +167,75 @@ def test_wrappers_exit_cleanly(argv, code, fragment, paths):
         assert done.returncode == 0 and fragment in done.stdout and not done.stderr.strip(), done.stderr
     else:
         _assert_one_line_error(done.returncode, done.stdout, done.stderr, code, fragment.format(**paths))
+
+
+PLUGIN = '''
+from zoo.convert import register_op
+
+
+@register_op("TestScale", domain="zoo.test.plugin", since=1)
+def test_scale(node):
+    return f"{node.x(0)} * {node.lit(float(node.attr('factor')))}"
+'''
+
+
+def test_a_custom_op_header_names_the_plugin_that_regenerates_it(tmp_path, monkeypatch, capsys):
+    """The generated header's command must work: for a custom op, it has to import the handler first."""
+    import shlex
+
+    from onnx import helper
+
+    from zoo.convert.cli import main
+
+    from .helpers import make_model, tensor
+
+    (tmp_path / "zoo_test_plugin_ops.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    model = make_model([helper.make_node("TestScale", ["x"], ["y"], domain="zoo.test.plugin", factor=2.5)],
+                       [tensor("x", ["batch", 3])], [tensor("y", ["batch", 3])])
+    model.opset_import.append(helper.make_opsetid("zoo.test.plugin", 1))
+    (tmp_path / "scale.onnx").write_bytes(model.SerializeToString())
+    assert main(["scale.onnx", "-o", "plain"]) == 2 and "TestScale" in capsys.readouterr().err
+    assert main(["scale.onnx", "-o", "out", "--plugin", "zoo_test_plugin_ops"]) == 0
+    header = next(line for line in (tmp_path / "out" / "scale.py").read_text().splitlines() if "regenerate" in line)
+    command = header.split("`")[1]
+    assert command == "python -m zoo.convert scale.onnx -o DIR --plugin zoo_test_plugin_ops", header
+    assert main(shlex.split(command.replace("DIR", "again"))[3:]) == 0
+    assert (tmp_path / "again" / "scale.py").read_text() == (tmp_path / "out" / "scale.py").read_text()
+
+
+def test_standins_writes_the_zoo_graphs_under_the_zoo_names(tmp_path, capsys):
+    from zoo.publish.standins import main
+    from zoo.registry import load_registry
+
+    assert main([str(tmp_path), "--models", "squeezenet1_1", "shufflenet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shufflenet.onnx", "squeezenet1_1.onnx"]
+    _call(main, ["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name, e in load_registry().items() if e.source.standin), listed  # all nine by default
+
+
+def test_conformance_failures_are_whole_and_a_slice_keeps_the_full_results(tmp_path, monkeypatch, capsys):
+    import onnx.backend.test.case.node as cases
+
+    collected = functools.cache(cases.collect_testcases)  # collecting takes seconds: once for both runs
+    monkeypatch.setattr(cases, "collect_testcases", collected)
+    monkeypatch.chdir(tmp_path)
+    conformance = _main("scripts/conformance.py")
+    assert conformance(["-k", "test_cast_FLOAT_to_INT4", "--failures"]) == 0
+    out = capsys.readouterr().out
+    fail = next(line for line in out.splitlines() if line.startswith("FAIL zoo test_cast_FLOAT_to_INT4"))
+    assert fail.startswith("FAIL zoo test_cast_FLOAT_to_INT4 (Cast): convert: ConversionError: ") and \
+        fail.endswith("dtype int4 has no PyTorch equivalent"), fail  # the op, and the reason to its last word
+    assert not (tmp_path / "out").exists()  # a -k slice does not overwrite out/conformance.json
+    assert conformance(["-k", "no_such_case"]) == 1 and "no node test case" in capsys.readouterr().err
+
+
+def test_corpus_rows_say_which_ops_mattered_and_a_missing_peer_is_a_usage_error(monkeypatch, capsys):
+    corpus = sys.modules[_main("scripts/corpus.py").__module__]
+    assert all(entry.notes.strip() for entry in corpus.CORPUS)  # the README table's column, never empty
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx2torch" else real(name, *a))
+    assert _call(corpus.main, ["--peer", "onnx2torch", "-k", "silero"]) == 2
+    assert "--peer onnx2torch: not installed (pip install onnx2torch)" in capsys.readouterr().err
