@@ -243,7 +243,7 @@ def test_every_readme_block_runs_as_written(tmp_path, offline_build):
         env.pop("ZOO_REGISTRY", None)
         done = subprocess.run([sys.executable, __file__, str(plan)], cwd=work, env=env, capture_output=True,
                               text=True, timeout=1200)
-    print("\n".join(["README blocks not run as written:", *notes]))
+    print("\n".join([f"README: {len(steps)} blocks run, {len(notes)} marks (not run as written):", *notes]))
     assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-6000:])
     assert "OUTSIDE TOLERANCE" not in done.stdout and done.stdout.count("=> OK") >= 3, done.stdout[-4000:]
     ran = [line for line in done.stdout.splitlines() if line.startswith("=== ")]
