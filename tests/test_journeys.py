@@ -222,4 +222,4 @@ def test_a_fixed_size_model_suggests_only_what_helps(name):
         with pytest.raises(ValueError, match=rf"{name} needs 224x224 inputs .* got 256x256: resize") as error:
             model(torch.empty(1, 3, 256, 256))
         assert "adaptive" not in str(error.value)
-        assert adaptive_pool_would_help(zoo.create_model("shufflenet"))  # a whole-map pooling its registry made adaptive
+        assert adaptive_pool_would_help(zoo.create_model("shufflenet"))  # whole-map pooling its registry made adaptive

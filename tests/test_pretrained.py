@@ -153,8 +153,8 @@ def test_truncated_file_server_down_and_a_good_mirror(server, standins, tmp_path
 
 def test_offline_with_and_without_cache(zoo_env, monkeypatch):
     monkeypatch.setenv("ZOO_OFFLINE", "1")
-    with pytest.raises(WeightsError, match=r"(?s)squeezenet1_1: nothing cached, and could not fetch squeezenet1.0-9.onnx"
-                                           r".*offline \(HF_HUB_OFFLINE or ZOO_OFFLINE\).*set ZOO_ONNX_MIRROR"):
+    with pytest.raises(WeightsError, match=r"(?s)squeezenet1_1: nothing cached, and could not fetch "
+                                           r"squeezenet1.0-9.onnx.*offline \(HF_HUB_OFFLINE or ZOO_OFFLINE\).*set ZOO_ONNX_MIRROR"):
         zoo.squeezenet1_1(pretrained=True)
     monkeypatch.delenv("ZOO_OFFLINE")
     zoo.squeezenet1_1(pretrained=True)

@@ -161,7 +161,8 @@ def _run(steps: list[dict]) -> int:
             target = Path(step["file"])
             for m in re.finditer(r"file: (\S+)", text):  # the reader fills <from zoo hash> for that file
                 source = target.parent / m.group(1)
-                text = text.replace("sha256: <from zoo hash>", f"sha256: {hashlib.sha256(source.read_bytes()).hexdigest()}")
+                digest = hashlib.sha256(source.read_bytes()).hexdigest()
+                text = text.replace("sha256: <from zoo hash>", f"sha256: {digest}")
                 text = text.replace("size: <from zoo hash>", f"size: {source.stat().st_size}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
@@ -212,7 +213,8 @@ def test_extractor_reads_marks_and_every_fence():
     found = blocks(text)
     assert [(b.line, b.lang, b.code) for b in found] == [(3, "python", "x = 1\n"), (8, "bash", "ls\n"),
                                                          (11, "text", "out\n")]
-    assert found[1].mark("skip:") == "needs a GPU" and found[1].skipped_commands() == [("--push", "needs a Hub account")]
+    assert found[1].mark("skip:") == "needs a GPU"
+    assert found[1].skipped_commands() == [("--push", "needs a Hub account")]
     assert found[0].marks == [] and found[2].marks == []
 
 
