@@ -123,7 +123,9 @@ def _plan(work: Path, flowers: Path) -> tuple[list[dict], list[str]]:
             notes.append(f"{block.where}: skipped: {reason}")
             continue
         if (spec := block.mark("excerpt of")) is not None:
-            source = {line.strip() for line in _excerpt_source(spec, work).splitlines()}
+            scratch = work.parent / "excerpts"
+            scratch.mkdir(exist_ok=True)
+            source = {line.strip() for line in _excerpt_source(spec, scratch).splitlines()}
             missing = [line for line in block.code.splitlines() if line.strip() not in source and line.strip() != "..."]
             assert not missing, f"{block.where}: not in {spec}: {missing}"
             notes.append(f"{block.where}: checked as an excerpt of {spec}")
