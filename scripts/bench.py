@@ -72,16 +72,19 @@ def _onnx2torch():
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--models", nargs="+", default=list(TORCHVISION))
+    parser.add_argument("--models", nargs="+", default=list(TORCHVISION), choices=list(TORCHVISION), metavar="NAME",
+                        help=f"zoo models with a torchvision peer (default: {' '.join(TORCHVISION)})")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", type=Path, default=Path("out/bench.json"))
     parser.add_argument("--baseline", type=Path, help="a previous run's --json, printed beside this run")
     parser.add_argument("--no-big-weights", dest="big_weights", action="store_false",
                         help="skip the VGG-19 stand-in conversion (builds a 548 MB file on first use)")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available to torch on this machine")
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     o2t = _onnx2torch()

@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.registry import DEFAULT_REGISTRY, load_registry
     from zoo.publish.standins import build_standin
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["squeezenet1_1", "densenet121", "resnet50", "googlenet"])
+    parser = argparse.ArgumentParser(prog="scripts/bench_pretrained.py", description=__doc__.split("\n\n")[0])
+    standins = [name for name, e in load_registry(DEFAULT_REGISTRY).items() if e.source.standin]
+    parser.add_argument("--models", nargs="+", default=["squeezenet1_1", "densenet121", "resnet50", "googlenet"],
+                        choices=standins, metavar="NAME", help="zoo models with a stand-in graph")
     parser.add_argument("--repeat", type=int, default=3, help="warm loads per model (median reported)")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args(argv)

@@ -106,20 +106,25 @@ def _compare(expected, got, rtol, atol) -> str:
     return ""
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line, whole: --failures lists reasons as they are, not cut mid-word."""
+    return (str(exc).splitlines() or [""])[0]
+
+
 def _run_case(case, loader, workdir: Path) -> tuple[bool, str]:
     path = workdir / f"{case.name}.onnx"
     onnx.save(case.model, str(path))
     try:
         module = loader(path)
     except Exception as exc:  # noqa: BLE001 - the converter's verdict
-        return False, f"convert: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return False, f"convert: {type(exc).__name__}: {_first_line(exc)}"
     for inputs, outputs in case.data_sets:
         try:
             args = [_to_numpy(x) if getattr(module, "numpy_inputs", False) else _to_torch(x) for x in inputs]
             with torch.no_grad():
                 got = module(*args)
         except Exception as exc:  # noqa: BLE001
-            return False, f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            return False, f"run: {type(exc).__name__}: {_first_line(exc)}"
         got = list(got) if isinstance(got, tuple) else [got]  # a list is one sequence output
         if len(got) != len(outputs):
             return False, f"{len(got)} outputs, expected {len(outputs)}"
@@ -175,23 +180,30 @@ def onnxruntime_loader(path: Path):
 
 LOADERS = {"zoo": zoo_loader, "onnx2torch": onnx2torch_loader, "onnx2pytorch": onnx2pytorch_loader,
            "onnxruntime": onnxruntime_loader}
+FULL_RUN_JSON = Path("out/conformance.json")
 PACKAGES = {"onnx2torch": "onnx2torch", "onnx2pytorch": "onnx2pytorch", "onnxruntime": "onnxruntime"}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/conformance.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer", action="append", default=[], choices=sorted(PACKAGES),
                         help="also run this converter (or onnxruntime, the reference executor)")
-    parser.add_argument("--json", type=Path, default=Path("out/conformance.json"), help="per-case results")
+    parser.add_argument("--json", type=Path, help=f"per-case results (default: {FULL_RUN_JSON} for a full run; "
+                                                  "a -k slice writes only where --json says)")
     parser.add_argument("-k", dest="pattern", help="only cases whose name contains this")
     parser.add_argument("--timeout", type=int, default=30, help="seconds per case")
     parser.add_argument("--failures", action="store_true", help="list every failing case with its reason")
     args = parser.parse_args(argv)
+    if args.json is None and not args.pattern:
+        args.json = FULL_RUN_JSON
 
     from onnx.backend.test.case.node import collect_testcases
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         cases = [c for c in collect_testcases() if c.kind == "node" and (not args.pattern or args.pattern in c.name)]
+    if not cases:
+        print(f"error: no node test case of onnx {onnx.__version__} has {args.pattern!r} in its name", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGALRM, _alarm)
     results: dict[str, dict[str, dict]] = {}
     totals = {}
@@ -214,7 +226,7 @@ def main(argv=None) -> int:
                 except CaseTimeout:
                     ok, why = False, f"timeout after {args.timeout} s"
                 except Exception as exc:  # noqa: BLE001
-                    ok, why = False, f"crash: {type(exc).__name__}: {exc}"[:200]
+                    ok, why = False, f"crash: {type(exc).__name__}: {_first_line(exc)}"
                 finally:
                     signal.alarm(0)
                 op = case.model.graph.node[0].op_type if case.model.graph.node else "?"
@@ -236,7 +248,7 @@ def main(argv=None) -> int:
         for converter, per_case in results.items():
             for name, r in sorted(per_case.items()):
                 if not r["passed"]:
-                    print(f"FAIL {converter} {name}: {r['reason']}")
+                    print(f"FAIL {converter} {name} ({r['op']}): {r['reason']}")
     for converter, (passed, total, seconds) in totals.items():
         print(f"{converter}: {passed} passed, {total - passed} failed ({total} cases, onnx {onnx.__version__}, "
               f"{seconds:.0f} s)")

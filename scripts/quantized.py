@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     from zoo.publish.standins import build_standin
 
     registry = load_registry()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[n for n, e in registry.items() if e.source.standin])
+    parser = argparse.ArgumentParser(prog="scripts/quantized.py", description=__doc__.split("\n\n")[0])
+    standins = [n for n, e in registry.items() if e.source.standin]
+    parser.add_argument("--models", nargs="+", default=standins, choices=standins, metavar="NAME",
+                        help="zoo models with a stand-in graph (default: all of them)")
     parser.add_argument("--samples", type=int, default=2, help="random calibration samples")
     args = parser.parse_args(argv)
     header = ["model"] + [f"{f} {g}" for f in FORMATS for g in GRANULARITIES]

@@ -2,8 +2,10 @@
 options, parameter groups with layer-wise learning-rate decay, and fine-tuning with them."""
 from __future__ import annotations
 
+import copy
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -209,13 +211,16 @@ def test_global_pool_and_drop_rate(name, tmp_path):
         assert model(x).shape == (1, 5)
 
     dropped = zoo.create_model(name, num_classes=3, drop_rate=0.5, global_pool="max")
-    head = dropped.classifier_name + "."
-    drops = [m for n, m in dropped.named_modules() if n.startswith(head) and isinstance(m, torch.nn.Dropout)]
-    assert [m.p for m in drops] == [0.5]  # a layer of the module, applied in front of the classifier
-    seen = []
-    dropped.get_classifier().register_forward_hook(lambda m, a, out: seen.append(a[0]))
-    dropped.train()(x)
-    assert (seen[-1] == 0).float().mean() > 0.3  # half of the pooled features are dropped in training
+    drops = {n: m.p for n, m in dropped.named_modules() if n.endswith("head_drop")}
+    # inside the classifier: the hook that applies it gets only the classifier, and stays scriptable so
+    assert drops == {dropped.classifier_name + ".head_drop": 0.5}
+    for model in (dropped, copy.deepcopy(dropped), pickle.loads(pickle.dumps(dropped))):
+        seen = []
+        model.get_classifier().register_forward_hook(lambda m, a, out: seen.append(a[0]))
+        model.train()(x)
+        assert (seen[-1] == 0).float().mean() > 0.3  # half of the pooled features are dropped in training
+        with torch.no_grad():  # and none in eval mode: the hook's Dropout is this model's own, eval too
+            assert torch.equal(model.eval()(x), model(x)) and torch.equal(seen[-1], seen[-2])
     dropped.eval()
     with torch.no_grad():
         out = dropped(x)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from zoo.weights.download import DownloadError, fetch
+from zoo.weights.download import DownloadError, fetch, mirrored
 
 from .servers import FileServer
 
@@ -32,6 +32,17 @@ def test_sha256_mismatch_leaves_nothing(tmp_path):
         with pytest.raises(DownloadError, match="sha256 mismatch"):
             fetch([server.url + "/m.onnx"], SHA, filename="m.onnx", cache_dir=tmp_path)
     assert _cache_files(tmp_path) == []
+
+
+def test_a_wrong_file_in_a_mirror_folder_is_named_and_left_alone(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "m.onnx").write_bytes(DATA[:-1] + b"x")
+    monkeypatch.setenv("ZOO_ONNX_MIRROR", str(mirror))
+    with pytest.raises(DownloadError) as error:
+        fetch(mirrored([], "m.onnx"), SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path / "cache")
+    assert f"{mirror / 'm.onnx'}: sha256 mismatch" in str(error.value) and ".tmp" not in str(error.value)
+    assert "left as it is" in str(error.value) and (mirror / "m.onnx").read_bytes() == DATA[:-1] + b"x"
 
 
 def test_cut_connection_resumes(tmp_path):

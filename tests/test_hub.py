@@ -16,7 +16,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 import zoo
 import zoo.publish.hub
 from zoo.publish.build import Options, build
-from zoo.publish.localhub import LocalHub
+from zoo.publish.localhub import LocalHub, free_port
 from zoo.weights.pretrained import WeightsError
 
 from .conftest import HF_HOME
@@ -106,8 +106,9 @@ def test_missing_repo_falls_back_to_the_onnx_file(hub, tmp_path, monkeypatch):
 def test_unpinned_model_offline_without_cache_names_the_file_to_fetch(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_OFFLINE", "1")
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(WeightsError, match=r"resnet50: offline .* nothing is cached; fetch resnet50-caffe2-v1-9.onnx "
-                                           r"\(sha256 822daa93.*\) from https://huggingface.co/onnxmodelzoo/"):
+    with pytest.raises(WeightsError, match=r"resnet50: nothing cached, and could not fetch resnet50-caffe2-v1-9.onnx "
+                                           r"\(sha256 822daa93[0-9a-f]{56}\):\n  https://huggingface.co/onnxmodelzoo/"
+                                           r".*: offline"):
         zoo.resnet50(pretrained=True)
 
 
@@ -278,3 +279,19 @@ def test_push_to_hub_reads_the_weights_back(writable, monkeypatch):
             zoo.push_to_hub(model, "someone/verified")
     finally:
         server.corrupt.clear()
+
+
+def test_push_to_hub_without_network_or_with_stand_ins_is_one_error(monkeypatch):
+    """No network: the package's own error naming repository and endpoint (was a raw httpx ConnectError).
+    Stand-in weights: refused off loopback, as `scripts/build.py --push` refuses them."""
+    import socket
+
+    model = zoo.create_model("squeezenet1_1", pretrained=False, num_classes=3)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    with pytest.raises(zoo.publish.hub.PublishError, match=r"^someone/flowers on http://127.0.0.1:\d+: upload failed"):
+        zoo.push_to_hub(model, "someone/flowers")
+    model.pretrained_cfg["standin"] = True  # e.g. fine-tuned from the demo's stand-in weights
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("a stand-in upload was attempted"))
+    with pytest.raises(zoo.publish.hub.PublishError, match=r"hub.example.org: refusing to push stand-in weights"):
+        zoo.push_to_hub(model, "someone/flowers")

@@ -210,3 +210,16 @@ def test_generated_names_never_shadow_builtins(tmp_path):
                path=tmp_path / "names.onnx")
     source = convert(tmp_path / "names.onnx", tmp_path / "out").source_path.read_text()
     assert "def forward(self, input_: torch.Tensor)" in source
+
+
+@pytest.mark.parametrize("name", ["googlenet", "alexnet", "zfnet512", "vgg19", "inception_v2"])
+def test_a_fixed_size_model_suggests_only_what_helps(name):
+    """README: no registry option gives these other input sizes, so their error does not suggest one."""
+    from zoo.modeling.backbone import adaptive_pool_would_help
+
+    with torch.device("meta"):
+        model = zoo.create_model(name)
+        with pytest.raises(ValueError, match=rf"{name} needs 224x224 inputs .* got 256x256: resize") as error:
+            model(torch.empty(1, 3, 256, 256))
+        assert "adaptive" not in str(error.value)
+        assert adaptive_pool_would_help(zoo.create_model("shufflenet"))  # whole-map pooling its registry made adaptive

@@ -153,12 +153,59 @@ def test_truncated_file_server_down_and_a_good_mirror(server, standins, tmp_path
 
 def test_offline_with_and_without_cache(zoo_env, monkeypatch):
     monkeypatch.setenv("ZOO_OFFLINE", "1")
-    with pytest.raises(WeightsError, match=r"offline .* nothing is cached; fetch squeezenet1.0-9.onnx"):
+    with pytest.raises(WeightsError, match=r"(?s)squeezenet1_1: nothing cached, and could not fetch "
+                                           r"squeezenet1.0-9.onnx.*offline \(HF_HUB_OFFLINE or ZOO_OFFLINE\).*set ZOO_ONNX_MIRROR"):
         zoo.squeezenet1_1(pretrained=True)
     monkeypatch.delenv("ZOO_OFFLINE")
     zoo.squeezenet1_1(pretrained=True)
     done = _subprocess({**zoo_env, "HF_HUB_OFFLINE": "1"}, "import zoo; zoo.squeezenet1_1(pretrained=True); print('ok')")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_offline_reads_a_local_mirror_and_names_it_when_it_lacks_the_file(zoo_env, server, standins, monkeypatch):
+    mirror = zoo_env["root"] / "mirror"
+    mirror.mkdir()
+    monkeypatch.setenv("ZOO_OFFLINE", "1")
+    monkeypatch.setenv("ZOO_ONNX_MIRROR", str(mirror))
+    with pytest.raises(WeightsError) as error:
+        zoo.squeezenet1_1(pretrained=True)
+    message = str(error.value)  # the advice does not go in a circle: the mirror is set, and lacks this file
+    assert f"{mirror}/squeezenet1.0-9.onnx: no such file" in message, message
+    assert f"put squeezenet1.0-9.onnx in the mirror ZOO_ONNX_MIRROR={mirror}" in message, message
+    shutil.copyfile(standins[STANDIN_OF["squeezenet1_1"]], mirror / "squeezenet1.0-9.onnx")
+    model = zoo.squeezenet1_1(pretrained=True)  # offline, and read from the local mirror
+    assert model.pretrained_cfg["weights"].startswith("onnx://") and not server.requests
+
+
+def test_no_network_fails_at_once_with_the_offline_message(zoo_env, monkeypatch):
+    """A host that does not resolve is not retried (huggingface_hub and HTTP retries took ~29 s), and the error
+    reads like the offline one: each URL once, the whole sha256, and the mirror to use instead."""
+    import socket
+    import time
+
+    registry = yaml.safe_load(zoo_env["registry"].read_text())
+    registry["models"]["squeezenet1_1"]["source"]["urls"] = [
+        "https://huggingface.co/onnxmodelzoo/squeezenet1.0-9/resolve/main/squeezenet1.0-9.onnx",
+        "https://github.com/onnx/models/raw/main/squeezenet1.0-9.onnx"]
+    zoo_env["registry"].write_text(yaml.safe_dump(registry, sort_keys=False))
+    asked = []
+
+    def no_dns(host, *args, **kwargs):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    start = time.perf_counter()
+    with pytest.raises(WeightsError) as error:
+        zoo.squeezenet1_1(pretrained=True)
+    message = str(error.value)
+    assert time.perf_counter() - start < 5 and sorted(set(asked)) == ["github.com", "huggingface.co"], asked
+    sha256 = registry["models"]["squeezenet1_1"]["source"]["sha256"]
+    assert message.startswith(f"squeezenet1_1: nothing cached, and could not fetch squeezenet1.0-9.onnx "
+                              f"(sha256 {sha256}):"), message
+    for url in registry["models"]["squeezenet1_1"]["source"]["urls"]:
+        assert message.count(url) == 1, message
+    assert "cannot resolve github.com (no network?)" in message and "set ZOO_ONNX_MIRROR" in message
 
 
 def test_concurrent_first_loads_download_once(zoo_env, server):

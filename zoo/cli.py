@@ -19,8 +19,12 @@ def _list(args) -> int:
 
     registry = load_registry()
     own = registry.path != DEFAULT_REGISTRY.resolve()
+    names = list_models(args.pattern)
+    if not names:
+        print(f"error: no model matches {args.pattern!r}; `zoo list` shows them all", file=sys.stderr)
+        return 1
     print(f"{'model':<16} {'classifier':<18} {'top-1':<8} {'where':<10} upstream")
-    for name in list_models(args.pattern):
+    for name in names:
         try:
             e = resolved_entry(name)
         except RegistryError:  # not built yet: what the entry says
@@ -87,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'res*'")
     p.set_defaults(run=_list)
     p = sub.add_parser("info", help="a model's registry entry and published weights")
-    p.add_argument("name")
+    p.add_argument("name", help="a zoo model (see `zoo list`)")
     p.set_defaults(run=_info)
     predict.add_parsers(sub)
     evaluate.add_parser(sub)
     add_parser(sub)
     p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files to hash, e.g. an ONNX file for registry.yaml")
     p.set_defaults(run=_hash)
     p = sub.add_parser("convert", help="convert an ONNX file (python -m zoo.convert)")
     convert_cli.build_parser(p)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["build"]:
         from .publish.build import main as build_main
 
-        return build_main(argv[1:])
+        return build_main(argv[1:], prog="zoo build")
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -70,6 +70,19 @@ def _default_name(path: Path) -> str:
     return stem if not stem[0].isdigit() else "model_" + stem
 
 
+def _regenerate_command(graph) -> str:
+    """The shell command that writes this source again; a graph that needs handlers from outside this package
+    names the modules registering them, since the command line has to import them first."""
+    plugins: dict[str, str] = {}
+    for node in graph.nodes:
+        module = getattr(find_handler(node.domain, node.op_type, node.opset), "__module__", None) or __package__
+        if not module.startswith(__package__ + ".") and module != __package__:
+            plugins.setdefault(module, node.op_type)
+    options = "".join(f" --plugin {m}" if m != "__main__" else f" --plugin MODULE (the module registering {op})"
+                      for m, op in plugins.items())
+    return f"python -m zoo.convert {graph.source.path.name} -o DIR{options}"
+
+
 def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenerate, classifier,
              structure: bool = True, global_pool: str = "fixed", dequantize: bool = False) -> _Compiled:
     loaded = load_model(onnx_path)
@@ -113,7 +126,7 @@ def _compile(onnx_path, name: str, outputs, source_name, source_sha256, regenera
         sha256=safe_comment(source_sha256 or loaded.sha256),
         opset=opset,
         producer=safe_comment(graph.producer),
-        regenerate=safe_comment(regenerate or f"python -m zoo.convert {loaded.path.name} -o DIR"),
+        regenerate=safe_comment(regenerate or _regenerate_command(graph)),
         version=__version__,
         inputs=safe_comment(", ".join(f"{name} is the ONNX input {inp}" for inp, name in arg_names.items()
                                       if name != inp)),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -14,6 +15,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                                description="Convert an ONNX file into readable PyTorch source "
                                                            "and safetensors weights.")
     parser.add_argument("onnx", help="the ONNX file")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import this module first, so the op handlers it registers (register_op) are used; "
+                             "repeatable")
     parser.add_argument("-o", "--out", help="output folder (required unless --layers)")
     parser.add_argument("--name", help="module name (default: from the file name)")
     parser.add_argument("--outputs", nargs="+", metavar="TENSOR", help="cut the graph at these tensors")
@@ -31,6 +35,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     from . import api, verification
 
+    for module in args.plugin:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            print(f"error: --plugin {module}: cannot import it ({exc})", file=sys.stderr)
+            return 2
     try:
         if args.layers:
             rows = api.layers(args.onnx)

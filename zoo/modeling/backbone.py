@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
 
-from ..registry import generated_class as generated_class_of, load_registry
+from ..registry import RegistryError, generated_class as generated_class_of, load_registry
 
 log = logging.getLogger("zoo")
 
@@ -212,6 +212,14 @@ def stages(model: nn.Module) -> tuple[Stage, ...]:
 def global_pool_node(model: nn.Module) -> str | None:
     size = model.pretrained_cfg.get("native_size") or model.pretrained_cfg["input_size"][1:]
     return _stages_of(generated_class(model), model.classifier_name, int(size[0]), int(size[1]))[1]
+
+
+def adaptive_pool_would_help(model: nn.Module) -> bool:
+    """Whether ``global_pool: adaptive`` in the registry would let this model take other input sizes: its head
+    pools the final map, and no backbone stage hangs on that pooling (GoogLeNet's Caffe pooling and
+    Inception-v2's do; AlexNet, ZFNet and VGG-19 flatten the map into an ``nn.Linear`` instead)."""
+    pool = global_pool_node(model)
+    return pool is not None and list(model.feature_info)[-1]["module"] != pool
 
 
 def _check_indices(model: nn.Module, indices: Sequence[int] | int | None, argument: str) -> tuple[int, ...]:
@@ -436,6 +444,7 @@ def set_head(model: nn.Module, global_pool: str | None = None, drop_rate: float 
     for key, hook in list(classifier._forward_pre_hooks.items()):
         if hook is _drop_before:
             del classifier._forward_pre_hooks[key]
+    classifier._modules.pop("head_drop", None)
     if args.get("drop_rate"):
         classifier.head_drop = nn.Dropout(args["drop_rate"])
         classifier.register_forward_pre_hook(_drop_before)
@@ -492,20 +501,32 @@ def configure(model: nn.Module, saved: dict[str, Any] | None = None, *, features
 
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m zoo.modeling.backbone [NAME ...]``: each model's stages (channels, reduction, feature map at the
     native size, the layer it comes from)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.modeling.backbone",
+                                     description="Print each zoo model's backbone stages: channels, reduction, "
+                                                 "feature map size at the native input, and the layer it comes from.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="zoo models (default: all)")
+    args = parser.parse_args(argv)
     registry = load_registry()
     for name, error in registry.errors.items():
         log.warning("registry entry %s is skipped: %s", name, error)
-    for name in sys.argv[1:] or list(registry):
-        entry = registry.entry(name)  # stages come from shapes only, on the meta device: no weights are made
-        found = _stages_of(generated_class_of(name), entry.classifier, *entry.input_size[1:])[0]
+    for name in args.names or list(registry):
+        try:
+            entry = registry.entry(name)  # stages come from shapes only, on the meta device: no weights are made
+            found = _stages_of(generated_class_of(name), entry.classifier, *entry.input_size[1:])[0]
+        except RegistryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"{name}:")
         for d, s in zip(FeatureInfo(found, range(len(found))), found):
             print(f"  {d['index']}: {d['num_chs']:5d} ch  reduction {d['reduction']:2d}  "
                   f"{s.size[0]}x{s.size[1]}  {d['hook_type'] or 'node'} {d['module']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

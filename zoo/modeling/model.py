@@ -9,7 +9,7 @@ from torch import nn
 
 from ..registry import Entry, generated_class, load_registry
 from ..weights.infer import from_generated
-from .backbone import FeatureInfo, forward_intermediates, new_classifier, set_head, stages, traceable
+from .backbone import FeatureInfo, adaptive_pool_would_help, forward_intermediates, new_classifier, set_head, stages, traceable
 from .checkpointing import checkpointed_forward
 
 class ZooModel(nn.Module):
@@ -99,9 +99,11 @@ class ZooModel(nn.Module):
         try:
             return super().forward(x)
         except RuntimeError as exc:  # a fixed pooling window (or a flatten into a Linear) that needs the native size
+            hint = (" A registry entry with `global_pool: adaptive` accepts other sizes."
+                    if adaptive_pool_would_help(self) else "")
             raise ValueError(f"{self.pretrained_cfg['name']} needs {native[0]}x{native[1]} inputs (its layers assume "
-                             f"that size); got {x.shape[2]}x{x.shape[3]}. A registry entry with "
-                             "`global_pool: adaptive` accepts other sizes") from exc
+                             f"that size); got {x.shape[2]}x{x.shape[3]}: resize to it (zoo.transforms(model) does)."
+                             + hint) from exc
 
 def resolved_entry(name: str) -> Entry:
     """The registry entry with what it leaves out (classifier, input size, labels...) as its build read it

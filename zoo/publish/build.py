@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -17,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
 
 from tqdm import tqdm
 
@@ -29,7 +27,7 @@ from ..weights.conversion import STANDIN_SEED, BuildError, convert_entry, finger
 from ..weights.download import DownloadError, check_file, default_cache, fetch, file_sha256
 from ..registry import Entry, RegistryError, load_registry, models_dir
 from ..weights.infer import annotate, complete
-from .hub import HubPublisher, PublishError, verify_upload
+from .hub import HubPublisher, PublishError, is_loopback, verify_upload
 from .standins import build_standin
 
 log = logging.getLogger("zoo")
@@ -42,14 +40,6 @@ class Publisher(Protocol):
 
     def publish(self, folder: Path, repo: str, message: str) -> str:
         """Upload the folder's files to the repo; return the commit revision."""
-
-
-def is_loopback(endpoint: str | None) -> bool:
-    host = urlparse(endpoint or "").hostname or ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @dataclass
@@ -142,9 +132,9 @@ def obtain_source(entry: Entry, opts: Options, workdir: Path) -> tuple[Path, boo
         try:
             check_file_copy = workdir / entry.source.file
             shutil.copyfile(path, check_file_copy)
-            check_file(check_file_copy, entry.source.sha256, entry.source.size)
+            check_file(check_file_copy, entry.source.sha256, entry.source.size, source=path)
         except DownloadError as exc:
-            raise BuildError(f"{entry.name}: {path}: {exc}") from None
+            raise BuildError(f"{entry.name}: {exc}") from None
         return check_file_copy, False
     try:
         return fetch(entry.source.urls, entry.source.sha256, filename=entry.source.file, size=entry.source.size,
@@ -288,8 +278,13 @@ def build(opts: Options) -> list[Result]:
     return [results[e.name] for e in entries]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/build.py", description=__doc__.splitlines()[0])
+DESCRIPTION = ("Build the zoo from its registry: fetch each ONNX file (sha256-pinned), convert it, verify it against "
+               "onnxruntime, write zoo/models/<name>.py and, under --out, each model's weights, config.json and "
+               "model card; --push publishes them to the Hugging Face Hub.")
+
+
+def main(argv: list[str] | None = None, prog: str = "scripts/build.py") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     parser.add_argument("names", nargs="*", help="registry entries to build (default: all)")
     parser.add_argument("--out", type=Path, default=Path("out/build"), help="weights, config and card (default out/build)")
     parser.add_argument("--offline", action="store_true", help="build from stand-ins (random weights), no network")
@@ -308,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         "packaged registry, models/ beside any other)")
     parser.add_argument("--cache", type=Path, help="download cache (default ~/.cache/zoo or $ZOO_CACHE)")
     args = parser.parse_args(argv)
+    if args.source is not None and not args.source.is_dir():
+        print(f"error: --source {args.source}: no such folder", file=sys.stderr)
+        return 1
     opts = Options(out=args.out, names=args.names, offline=args.offline, source_dir=args.source, push=args.push,
                    jobs=args.jobs, force=args.force, registry=args.registry, models_dir=args.models_dir,
                    cache_dir=args.cache, pins=args.pins, namespace=args.namespace,
@@ -315,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = build(opts)
     except (BuildError, RegistryError) as exc:
-        print(f"build failed:\n{exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"error: build failed: {line}", file=sys.stderr)
         return 1
     for r in results:
         if r.status == "no-standin":

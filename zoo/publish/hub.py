@@ -3,11 +3,13 @@ config.json naming a registry architecture and a model card; ``create_model("hf-
 that registry architecture and loads them (reading them is :mod:`zoo.weights.hfhub`)."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from safetensors.torch import save_file
 
@@ -20,6 +22,14 @@ from ..weights.hfhub import FILES
 
 class PublishError(RuntimeError):
     """An upload did not arrive whole; the message names the repository, the revision and what differed."""
+
+
+def is_loopback(endpoint: str | None) -> bool:
+    host = urlparse(endpoint or "").hostname or ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class HubPublisher:
@@ -104,7 +114,14 @@ def push_to_hub(model, repo_id: str, *, private: bool = False, revision: str | N
         (folder / "README.md").write_text(_card(repo_id, config))
         message = commit_message or f"zoo: {config['architecture']} with {config['num_classes']} classes"
         publisher = HubPublisher(token=token)
-        pushed = publisher.publish(folder, repo_id, message, private=private, revision=revision)
+        where = f"{repo_id} on {publisher.endpoint or 'the Hugging Face Hub'}"
+        if config.get("standin") and not is_loopback(publisher.endpoint):
+            raise PublishError(f"{where}: refusing to push stand-in weights (random, not pretrained); they may "
+                               "only go to a loopback test Hub, as `scripts/build.py --push` does")
+        try:
+            pushed = publisher.publish(folder, repo_id, message, private=private, revision=revision)
+        except Exception as exc:  # no network, no permission, a server error: the package's own one-line error
+            raise PublishError(f"{where}: upload failed ({type(exc).__name__}: {exc})") from None
         verify_upload(repo_id, pushed, file_sha256(folder / "model.safetensors"), endpoint=publisher.endpoint,
                       token=token)
         return pushed

@@ -100,14 +100,25 @@ def build_standin(graph: str | os.PathLike, out_path: str | os.PathLike, *, seed
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import sys
 
+    from ..registry import load_registry
+
+    graphs = {name: e.source.standin for name, e in load_registry().items() if e.source.standin}
     parser = argparse.ArgumentParser(prog="python -m zoo.publish.standins",
-                                     description="Write the four zoo graphs with seeded random (stand-in) weights.")
+                                     description="Write the zoo's ONNX graphs with seeded random (stand-in) weights, "
+                                                 "one <model>.onnx per registry entry that has a stand-in.")
     parser.add_argument("out", help="output folder")
+    parser.add_argument("--models", nargs="+", choices=list(graphs), metavar="NAME",
+                        help=f"only these (default: all: {', '.join(graphs)})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for graph in LIGHT_FILES:
-        print(build_standin(graph, Path(args.out) / f"{graph}.onnx", seed=args.seed))
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: {out}: exists and is not a folder", file=sys.stderr)
+        return 2
+    for name in args.models or graphs:
+        print(build_standin(graphs[name], out / f"{name}.onnx", seed=args.seed), flush=True)
     return 0
 
 

@@ -74,6 +74,8 @@ class Distributed:
 
 def _setup_distributed(device_arg: str) -> Distributed:
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device_arg == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch on this machine")
     cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
     if world == 1:
         return Distributed(device=torch.device("cuda" if cuda else "cpu"))

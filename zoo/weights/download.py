@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -51,16 +52,31 @@ def local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
-def check_file(path: Path, sha256: str, size: int | None = None) -> None:
-    """Raise DownloadError (and delete the file) when it is not the pinned content."""
+def check_file(path: Path, sha256: str, size: int | None = None, *, source: str | os.PathLike | None = None) -> None:
+    """Raise DownloadError (and delete ``path``) when it is not the pinned content. ``source``: what ``path`` is a
+    copy of (a user's file, a mirror, a URL); the message names it and says it was left alone."""
+    named, fate = (source, "left as it is; only the copy was removed") if source else (path.name, "deleted")
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"{path.name}: expected {size:,} bytes, got {actual_size:,}; deleted")
+        raise DownloadError(f"{named}: expected {size:,} bytes, got {actual_size:,}: not the pinned file ({fate})")
     actual = file_sha256(path)
     if actual != sha256:
         path.unlink(missing_ok=True)
-        raise DownloadError(f"{path.name}: sha256 mismatch: expected {sha256}, got {actual}; deleted")
+        raise DownloadError(f"{named}: sha256 mismatch: expected {sha256}, got {actual}: not the pinned file ({fate})")
+
+
+def _unresolvable(url: str, checked: dict[str, str | None]) -> str | None:
+    """Why ``url``'s host cannot be reached at all (its name does not resolve: no network), asked once per host,
+    so a machine without network fails at once instead of after every retry."""
+    host = urlparse(url).hostname or ""
+    if host not in checked:
+        try:
+            socket.getaddrinfo(host, None)
+            checked[host] = None
+        except (socket.gaierror, UnicodeError) as exc:
+            checked[host] = f"cannot resolve {host} (no network?): {exc}"
+    return checked[host]
 
 
 def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: float, desc: str) -> None:
@@ -89,7 +105,7 @@ def _http_get(url: str, partial: Path, size: int | None, retries: int, timeout: 
             if isinstance(exc, urllib.error.HTTPError) and exc.code in (404, 410, 403, 401):
                 break
             time.sleep(min(2 ** attempt * 0.2, 5))
-    raise DownloadError(f"{url}: {last}")
+    raise DownloadError(str(last))
 
 
 STALE_COPY_S = 3600
@@ -121,7 +137,7 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
     final.parent.mkdir(parents=True, exist_ok=True)
     partial = final.with_name(final.name + ".partial")
     _sweep_stale_copies(final.parent)
-    problems = []
+    problems, hosts = [], {}
     for url in urls:
         tmp = None
         try:
@@ -129,21 +145,25 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
             local = local_path(url)
             if local is None and offline:
                 raise DownloadError("offline (HF_HUB_OFFLINE or ZOO_OFFLINE): not fetched")
+            if local is None and (why := _unresolvable(url, hosts)):
+                raise DownloadError(why)
             if local is not None:
                 if not local.is_file():
                     raise DownloadError(f"no such file {local}")
                 tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
                 shutil.copyfile(local, tmp)
+                check_file(tmp, sha256, size, source=local)
             elif hub:
                 from huggingface_hub import hf_hub_download
 
                 got = Path(hf_hub_download(hub["repo"], hub["file"], revision=hub["rev"]))
                 tmp = final.with_name(f".{uuid.uuid4().hex}.tmp")
                 shutil.copyfile(got, tmp)
+                check_file(tmp, sha256, size, source=url)
             else:
                 _http_get(url, partial, size, retries, timeout, filename)
                 tmp = partial
-            check_file(tmp, sha256, size)
+                check_file(tmp, sha256, size)
             os.replace(tmp, final)
             return final
         except Exception as exc:  # try the next URL
@@ -152,4 +172,4 @@ def fetch(urls: list[str] | tuple[str, ...], sha256: str, *, filename: str, size
                 tmp.unlink(missing_ok=True)
             if "sha256 mismatch" in str(exc) or "expected" in str(exc):
                 partial.unlink(missing_ok=True)
-    raise DownloadError(f"could not fetch {filename} (sha256 {sha256[:12]}...):\n" + "\n".join(problems))
+    raise DownloadError(f"could not fetch {filename} (sha256 {sha256}):\n" + "\n".join(problems))

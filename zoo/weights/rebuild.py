@@ -61,16 +61,15 @@ def _check_layers(entry: Entry, weights: Path) -> None:
 
 def _fetch(entry: Entry) -> Path:
     urls = mirrored(entry.source.urls, entry.source.file)
-    offline = is_offline()
     try:
-        return fetch(urls, entry.source.sha256, filename=entry.source.file, size=entry.source.size, offline=offline)
-    except DownloadError as exc:
-        if offline:
-            raise WeightsError(
-                f"{entry.name}: offline (HF_HUB_OFFLINE/ZOO_OFFLINE) and nothing is cached; fetch "
-                f"{entry.source.file} (sha256 {entry.source.sha256}) from {urls[0]} once with network access, or "
-                f"point ZOO_ONNX_MIRROR at a folder or server holding it") from None
-        raise WeightsError(f"{entry.name}: {exc}") from None
+        return fetch(urls, entry.source.sha256, filename=entry.source.file, size=entry.source.size,
+                     offline=is_offline())
+    except DownloadError as exc:  # offline or without network alike: what each place said, and what would help
+        mirror = os.environ.get("ZOO_ONNX_MIRROR", "").strip()
+        advice = (f"put {entry.source.file} in the mirror ZOO_ONNX_MIRROR={mirror} (it is tried first)" if mirror
+                  else "set ZOO_ONNX_MIRROR to a folder or server holding it")
+        raise WeightsError(f"{entry.name}: nothing cached, and {exc}\nFetch it once with network access, or "
+                           f"{advice}.") from None
 
 
 def _lock_path(folder: Path) -> str:
