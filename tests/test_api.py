@@ -5,6 +5,7 @@ import ast
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -60,6 +61,36 @@ def test_verify_reports_a_wrong_module(tmp_path):
     report = verify(onnx_path, module)
     assert not report.passed
     assert "OUTSIDE TOLERANCE" in str(report)
+
+
+class _Reshaped(torch.nn.Module):
+    """Wraps a converted module and changes what it returns: the mistakes verify must catch before values."""
+
+    def __init__(self, module, change):
+        super().__init__()
+        self.module, self.change = module, change
+
+    def forward(self, *args):
+        return self.change(list(self.module(*args)))
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda outs: outs[:1], "y_h @ batch 1: FAILED - missing: the module returned 1 of 2 outputs"),
+    (lambda outs: outs + [outs[1]], "<extra output 2> @ batch 1: FAILED - extra: the module returned 3 outputs"),
+    (lambda outs: [outs[0], outs[1].double()], "y_h @ batch 1: FAILED - dtype float64 != reference float32"),
+    (lambda outs: [outs[0], outs[1][:, :1]], "y_h @ batch 1: FAILED - shape (1, 1) != reference (1, 4)"),
+], ids=["missing", "extra", "dtype", "shape"])
+def test_verify_fails_a_module_that_drops_adds_or_reshapes_an_output(tmp_path, change, problem):
+    """A second output left out (an LSTM's y_h, a Loop's scan output), doubled or retyped must not pass on the
+    strength of the first alone."""
+    path = tmp_path / "two.onnx"
+    node = helper.make_node("Split", ["x", "sizes"], ["y", "y_h"], axis=1)
+    make_model([node], [tensor("x", ["batch", 6])], [tensor("y", ["batch", 2]), tensor("y_h", ["batch", 4])],
+               {"sizes": np.array([2, 4])}, path=path)
+    module = load(path)
+    assert verify(path, module, batch_sizes=(1,)).passed
+    report = verify(path, _Reshaped(module, change), batch_sizes=(1,), outputs=module.zoo_onnx_outputs)
+    assert not report.passed and problem in str(report), str(report)
 
 
 def test_layers_inspects_without_converting(tmp_path):
