@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
+from safetensors.torch import load_file
 
 import zoo
 import zoo.publish.hub
@@ -49,9 +50,15 @@ def test_pretrained_true_downloads_the_pinned_revision(hub):
     pin = json.loads(hub["pins"].read_text())["densenet121"]
     assert model.pretrained_cfg["weights"] == f"hf://zoo-models/densenet121@{pin['revision']}"
     assert model.pretrained_cfg["standin"] is True
-    local = zoo.densenet121(pretrained=hub["build"] / "densenet121")
-    for (k, a), (_, b) in zip(model.state_dict().items(), local.state_dict().items()):
-        assert torch.equal(a, b), k
+    _assert_published_weights(model, hub["build"] / "densenet121")
+
+
+def _assert_published_weights(model, folder: Path):
+    """The model holds exactly the tensors of the model.safetensors the build published from ``folder``."""
+    got, want = model.state_dict(), load_file(str(folder / "model.safetensors"))
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
 
 
 def test_real_client_revision_pins_and_snapshot(hub):
@@ -87,7 +94,9 @@ def test_hash_mismatch_is_refused_and_the_cached_file_removed(hub, tmp_path, mon
     with pytest.raises(WeightsError, match="sha256 of zoo-models/squeezenet1_1.* the pin says 0000"):
         zoo.squeezenet1_1(pretrained=True)
     monkeypatch.setenv("ZOO_PINS", str(hub["pins"]))
-    assert zoo.squeezenet1_1(pretrained=True) is not None  # fetched again, correct this time
+    fetched = zoo.squeezenet1_1(pretrained=True)  # fetched again, correct this time
+    assert fetched.pretrained_cfg["weights"] == f"hf://zoo-models/squeezenet1_1@{pins['squeezenet1_1']['revision']}"
+    _assert_published_weights(fetched, hub["build"] / "squeezenet1_1")
 
 
 def test_missing_repo_falls_back_to_the_onnx_file(hub, tmp_path, monkeypatch):
