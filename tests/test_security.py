@@ -441,7 +441,8 @@ def _faithful_or_refused(model: onnx.ModelProto, path: Path, x_shape: list[int],
         assert str(path) in message, message
         _count(outcomes, "refused")
         module = None
-    assert time.monotonic() - start < 10, f"{label}: conversion took {time.monotonic() - start:.1f} s"
+    # Only catches a hang: a refusal or conversion of one node takes well under a second.
+    assert time.monotonic() - start < 120, f"{label}: conversion took {time.monotonic() - start:.1f} s"
     if module is None:
         return
     x = np.random.default_rng(0).normal(size=x_shape).astype(np.float32)
