@@ -270,5 +270,8 @@ def test_a_first_load_killed_with_sigkill_leaves_the_cache_absent_or_whole(serve
                 p.name for p in (cache / entry.name / entry.source.sha256).iterdir() if not p.name.startswith(".")))
             (cache / "sources" / entry.source.sha256 / entry.source.file).unlink()
     print("kill -9 of a first load:", kills, "kills,", {s: states.count(s) for s in dict.fromkeys(states)})
-    assert finished and kills >= 5 and states[-1] == "whole", (kills, states)
-    assert {"nothing", "whole"} <= set(states) and len(set(states)) >= 3, states
+    # What the kills observed, not how many there were (that depends on the machine's speed): one before any
+    # file, one part-way (a download or conversion in flight) and one after the install.
+    assert finished and states[-1] == "whole", (kills, states)
+    killed = set(states[:-1])
+    assert {"nothing", "whole"} <= killed and len(killed) >= 3, states

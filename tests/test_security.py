@@ -671,7 +671,9 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
             shutil.copytree(tmp_path / "old-out", out)
             shutil.copytree(tmp_path / "old-models", models)
         delay *= 1.8
-    assert finished and kills >= 5 and outcomes[-1] == "new" and "old" in outcomes, (kills, outcomes)
+    # What the kills observed, not how many there were (that depends on the machine's speed): a kill that left
+    # the old pair whole, and the unkilled run that installed the new one.
+    assert finished and outcomes[-1] == "new" and "old" in outcomes[:-1], (kills, outcomes)
     again = build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
     assert again[0].status == "skipped"  # the killed runs left nothing that makes the finished one look stale
     assert b"squeezenet-renamed.onnx" in (models / f"{name}.py").read_bytes()
