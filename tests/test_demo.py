@@ -2,6 +2,7 @@
 build -> publish to a loopback Hub -> pretrained=True -> predict -> fine-tune -> predict with the result."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_fast_mode_runs_every_step(tmp_path):
     # The limit only catches a hang: the fast demo takes about a minute of CPU.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--fast", "--out", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=1200, env=env)  # this checkout's zoo
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout.split("\nSummary", 1)[1]
     built = re.search(r"built squeezenet1_1 +worst error vs onnxruntime (\S+)", summary)
