@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
-from safetensors.torch import load_file
+from safetensors.torch import load as load_bytes, load_file
 
 import zoo
 import zoo.publish.hub
 from zoo.publish.build import Options, build
+from zoo.publish.hub import save_pretrained
 from zoo.publish.localhub import LocalHub
 from zoo.weights.pretrained import WeightsError
 
@@ -287,3 +288,33 @@ def test_push_to_hub_reads_the_weights_back(writable, monkeypatch):
             zoo.push_to_hub(model, "someone/verified")
     finally:
         server.corrupt.clear()
+
+
+def test_zoo_finetune_freeze_backbone_keeps_batchnorm_and_pushes(writable, monkeypatch, tmp_path):
+    """`zoo finetune --freeze-backbone --push-to-hub`: only the new head changes (the frozen batch norms keep
+    their running statistics), and the pushed revision holds exactly what was saved."""
+    from zoo.cli import main as zoo_main
+
+    server, _ = writable
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    torch.manual_seed(0)
+    start = zoo.create_model("densenet121", pretrained=False)
+    with torch.no_grad():  # statistics that a batch-norm in train mode would visibly move
+        for m in start.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    save_pretrained(start, tmp_path / "start")
+    assert zoo_main(["finetune", "--model", "densenet121", "--dataset", "digits", "--pretrained", str(tmp_path / "start"),
+                     "--freeze-backbone", "--epochs", "1", "--image-size", "32", "--device", "cpu",
+                     "--out", str(tmp_path / "ft"), "--push-to-hub", "someone/frozen"]) == 0
+    before, after = load_file(str(tmp_path / "start" / "model.safetensors")), load_file(str(tmp_path / "ft" / "model.safetensors"))
+    head = start.classifier_name + "."
+    backbone = [k for k in before if not k.startswith(head)]
+    assert any(k.endswith("running_mean") for k in backbone)
+    assert [k for k in backbone if not torch.equal(before[k], after[k])] == []
+    assert after[head + "weight"].shape[0] == 10
+    commits = server.repos["someone/frozen"]["commits"]
+    assert len(commits) == 1
+    pushed = load_bytes(next(iter(commits.values()))["model.safetensors"])
+    assert sorted(pushed) == sorted(after) and all(torch.equal(pushed[k], after[k]) for k in after)
