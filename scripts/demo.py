@@ -24,7 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="working folder (default: out/demo)")
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    parser.add_argument("--fast", action="store_true",
+                        help="every step on squeezenet1_1 alone (the lightest), one epoch: what CI runs")
     args = parser.parse_args(argv)
+    name = "squeezenet1_1" if args.fast else "densenet121"
+    names = [name] if args.fast else []  # [] builds the whole registry
+    if args.fast:
+        args.epochs = 1
     out = Path(args.out).resolve()
     # Before huggingface_hub is imported: a private cache, never the network.
     os.environ["HF_HOME"] = str(out / "hf-home")
@@ -44,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     start = time.perf_counter()
     print("1. building the zoo from stand-ins (random weights, NOT pretrained) ...")
-    results = build(Options(out=out / "build", offline=True, models_dir=out / "models", jobs=2))
+    results = build(Options(out=out / "build", offline=True, models_dir=out / "models", jobs=2,
+                            names=names))
     for r in results:
         if r.status == "no-standin":
             summary.append(f"skipped {r.name:<12} (no stand-in for an offline build)")
@@ -56,14 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"2. publishing to a loopback Hub at {hub.endpoint} ...")
         os.environ["HF_ENDPOINT"] = hub.endpoint
         results = build(Options(out=out / "build", offline=True, models_dir=out / "models", push=True,
-                                publisher=hub.publisher(), pins=out / "published.json", namespace="demo"))
+                                publisher=hub.publisher(), pins=out / "published.json", namespace="demo",
+                                names=names))
         for r in results:
             if r.revision:
                 summary.append(f"published {r.name:<10} revision {r.revision[:12]} as demo/{r.name}")
 
-        print("3. zoo.densenet121(pretrained=True) from that Hub ...")
-        model = zoo.densenet121(pretrained=True).eval()
-        summary.append(f"loaded densenet121 from {model.pretrained_cfg['weights']} (stand-in: {model.pretrained_cfg['standin']})")
+        print(f"3. zoo.{name}(pretrained=True) from that Hub ...")
+        model = zoo.create_model(name, pretrained=True).eval()
+        summary.append(f"loaded {name} from {model.pretrained_cfg['weights']} (stand-in: {model.pretrained_cfg['standin']})")
 
         print("4. classifying a photo ...")
         photo = Image.fromarray(load_sample_image("china.jpg"))
@@ -75,16 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(f"predicted china.jpg: {guess} (stand-in weights: meaningless by design)")
 
         print(f"5. fine-tuning a new 10-class head on scikit-learn's digits ({args.epochs} epochs) ...")
-        ft = run(build_parser().parse_args(["--model", "densenet121", "--dataset", "digits", "--pretrained", "true",
+        ft = run(build_parser().parse_args(["--model", name, "--dataset", "digits", "--pretrained", "true",
                                             "--epochs", str(args.epochs), "--image-size", "64",
                                             "--out", str(out / "finetuned")]))
-        summary.append(f"fine-tuned densenet121 -> {out / 'finetuned'}: val accuracy {ft['val_accuracy']:.1%} "
+        summary.append(f"fine-tuned {name} -> {out / 'finetuned'}: val accuracy {ft['val_accuracy']:.1%} "
                        f"(chance 10%)")
 
         print("6. predicting a digit with the fine-tuned folder (its config.json brings labels and image size) ...")
         from zoo.tasks.finetune import DigitsDataset
 
-        tuned = zoo.densenet121(pretrained=out / "finetuned").eval()
+        tuned = zoo.create_model(name, pretrained=out / "finetuned").eval()
         image, target = DigitsDataset(train=False)[0]
         with torch.no_grad():
             guess = zoo.labels(tuned)[int(tuned(zoo.transforms(tuned)(image).unsqueeze(0)).argmax())]

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 # huggingface_hub reads these when it is imported: give the test session its own cache, never the user's.
@@ -17,7 +16,6 @@ import shutil  # noqa: E402
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 _connect = socket.socket.connect
 
@@ -42,6 +40,8 @@ atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 
 from zoo.registry import load_registry  # noqa: E402
 from zoo.publish.standins import build_standin  # noqa: E402
+
+from .helpers import export, randomize_  # noqa: E402,F401 - tests import them from here too
 
 # Every registry entry: its name, and (light graph, logits tensor) of its ONNX file, cut before any final Softmax.
 ZOO_MODELS = list(load_registry())
@@ -106,30 +106,3 @@ def cut_standins(standins, tmp_path_factory):
         entry = registry[name]
         return prepare_graph(standins[entry.source.standin], entry.logits, root / f"{name}.onnx")
     return _Lazy(make)
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Weights and batch-norm statistics that keep activations alive through a deep random network."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model.eval()
-
-
-def export(model: torch.nn.Module, path: Path, opset: int, shape=(1, 3, 224, 224)) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(*shape),), str(path), opset_version=opset, dynamo=False,
-                          input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
-    return path

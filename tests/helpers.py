@@ -1,11 +1,17 @@
-"""Tiny ONNX graphs built in tests."""
+"""Tiny ONNX graphs built in tests, torchvision exports, and the one way tests compare outputs."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
+import torch
+import torchvision
 from onnx import TensorProto, helper, numpy_helper
+
+from zoo.convert import load, verify
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, path: Path | None = None, **graph_kw):
@@ -40,3 +46,67 @@ def small_convnet(path: Path, opset: int = 13) -> Path:
     ]
     make_model(nodes, [tensor("x", ["batch", 3, 8, 8])], [tensor("y", ["batch", 5])], inits, opset=opset, path=path)
     return path
+
+
+def run_onnxruntime(path, feeds: dict) -> list[np.ndarray]:
+    """Every graph output of the ONNX file (a path or serialized bytes), as onnxruntime computes it on CPU."""
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def assert_outputs_match(got, expected, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    """The one comparison of a module's outputs with a reference's: the same number of outputs, then each one's
+    shape and dtype, then its values. A tensor alone counts as one output."""
+    got = list(got) if isinstance(got, (tuple, list)) else [got]
+    expected = list(expected) if isinstance(expected, (tuple, list)) else [expected]
+    assert len(got) == len(expected), f"the module returned {len(got)} outputs, the reference {len(expected)}"
+    for i, (g, e) in enumerate(zip(got, expected)):
+        g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+        e = e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else np.asarray(e)
+        assert g.shape == e.shape, f"output {i}: shape {g.shape} != reference {e.shape}"
+        assert g.dtype == e.dtype, f"output {i}: dtype {g.dtype} != reference {e.dtype}"
+        np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"output {i}")
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Weights and batch-norm statistics that keep activations alive through a deep random network."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def export(model: torch.nn.Module, path: Path, opset: int, shape=(1, 3, 224, 224)) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(*shape),), str(path), opset_version=opset, dynamo=False,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    return path
+
+
+def export_and_compare(arch: str, path: Path, opset: int = 17, batch_sizes=(1, 3), batch: int = 2, loader=load,
+                       **kwargs):
+    """torchvision's ``arch`` with random weights, exported by torch.onnx.export and converted back: verify passes
+    against onnxruntime and the module computes what the original does. ``loader`` converts (default
+    ``zoo.convert.load``); the converted module is returned."""
+    original = randomize_(getattr(torchvision.models, arch)(**kwargs))
+    module = loader(export(original, path, opset))
+    report = verify(path, module, batch_sizes=batch_sizes)
+    assert report.passed, str(report)
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = original(x), module(x)
+    assert expected.abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    return module

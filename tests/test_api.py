@@ -5,6 +5,7 @@ import ast
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -71,6 +72,36 @@ def test_verify_reports_a_wrong_module(tmp_path):
     report = verify(onnx_path, module)
     assert not report.passed
     assert "OUTSIDE TOLERANCE" in str(report)
+
+
+class _Reshaped(torch.nn.Module):
+    """Wraps a converted module and changes what it returns: the mistakes verify must catch before values."""
+
+    def __init__(self, module, change):
+        super().__init__()
+        self.module, self.change = module, change
+
+    def forward(self, *args):
+        return self.change(list(self.module(*args)))
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda outs: outs[:1], "y_h @ batch 1: FAILED - missing: the module returned 1 of 2 outputs"),
+    (lambda outs: outs + [outs[1]], "<extra output 2> @ batch 1: FAILED - extra: the module returned 3 outputs"),
+    (lambda outs: [outs[0], outs[1].double()], "y_h @ batch 1: FAILED - dtype float64 != reference float32"),
+    (lambda outs: [outs[0], outs[1][:, :1]], "y_h @ batch 1: FAILED - shape (1, 1) != reference (1, 4)"),
+], ids=["missing", "extra", "dtype", "shape"])
+def test_verify_fails_a_module_that_drops_adds_or_reshapes_an_output(tmp_path, change, problem):
+    """A second output left out (an LSTM's y_h, a Loop's scan output), doubled or retyped must not pass on the
+    strength of the first alone."""
+    path = tmp_path / "two.onnx"
+    node = helper.make_node("Split", ["x", "sizes"], ["y", "y_h"], axis=1)
+    make_model([node], [tensor("x", ["batch", 6])], [tensor("y", ["batch", 2]), tensor("y_h", ["batch", 4])],
+               {"sizes": np.array([2, 4])}, path=path)
+    module = load(path)
+    assert verify(path, module, batch_sizes=(1,)).passed
+    report = verify(path, _Reshaped(module, change), batch_sizes=(1,), outputs=module.zoo_onnx_outputs)
+    assert not report.passed and problem in str(report), str(report)
 
 
 def test_layers_inspects_without_converting(tmp_path):
@@ -270,3 +301,56 @@ def test_cli_writes_block_classes_unless_flat(standins, tmp_path):
         sources[bool(flag)] = (out / "sq.py").read_text()
     assert "class Fire(nn.Module):" in sources[False] and "self.fire2 = Fire(" in sources[False]
     assert "class Fire" not in sources[True] and "self.fire2_squeeze1x1 = nn.Conv2d(" in sources[True]
+
+
+def _qdq_conv(path):
+    """x -> QuantizeLinear -> DequantizeLinear -> Conv with an int8 weight: a fake-quantized layer."""
+    w = np.random.default_rng(0).integers(-100, 100, (4, 3, 3, 3)).astype(np.int8)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    make_model(nodes, [tensor("x", ["batch", 3, 8, 8])], [tensor("y", ["batch", 4, 8, 8])],
+               {"s": np.array(0.02, np.float32), "z": np.array(128, np.uint8), "wq": w,
+                "ws": np.array(0.01, np.float32)}, path=path)
+    return path
+
+
+def test_cli_dequantize_and_batch_sizes(tmp_path):
+    path = _qdq_conv(tmp_path / "q.onnx")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "zoo.convert", str(path), *args], capture_output=True, text=True,
+                              timeout=300)
+
+    exact = cli("-o", str(tmp_path / "exact"), "--verify", "--batch-sizes", "2", "5")
+    assert exact.returncode == 0, exact.stderr
+    assert "y @ batch 2: max abs" in exact.stdout and "y @ batch 5: max abs" in exact.stdout
+    assert "@ batch 1" not in exact.stdout and "@ batch 3" not in exact.stdout
+    assert "torch.fake_quantize_per_tensor_affine(x, 0.02, 128, 0, 255)" in (tmp_path / "exact" / "q.py").read_text()
+    plain = cli("-o", str(tmp_path / "plain"), "--dequantize", "--verify")
+    source = (tmp_path / "plain" / "q.py").read_text()
+    assert "fake_quantize" not in source and "torch.clamp(x, min=-2.56, max=2.54)" in source  # the range stays
+    # approximate by design: no rounding to the quantization grid any more, so verify reports it
+    assert plain.returncode == 1 and "OUTSIDE TOLERANCE" in plain.stdout, plain.stdout
+
+
+def test_supported_ops_lists_every_registered_handler():
+    ops = zc.supported_ops()
+    assert ops == sorted(ops) and len(ops) == len(set(ops)) and len(ops) > 150
+    assert {("", "Conv", 1), ("", "LSTM", 1), ("", "Loop", 1), ("", "QLinearConv", 10)} <= set(ops)
+    assert all(isinstance(d, str) and isinstance(op, str) and since >= 1 for d, op, since in ops)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_converted_module_runs_on_each_device(tmp_path, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    path = small_convnet(tmp_path / "tiny.onnx")
+    module = load(path)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = module(x)
+        got = module.to(device)(x.to(device))
+    assert got.device.type == device
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-5)

@@ -131,7 +131,7 @@ def test_contradictions_are_refused_by_name(tmp_path, case):
     start = time.monotonic()
     with pytest.raises(ConversionError) as info:
         load(path)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 120  # only catches a hang (a refusal takes well under a second)
     message = str(info.value)
     assert str(path) in message and "'hostile'" in message, message
     assert "cannot convert (" not in message and "handler failed" not in message, message
@@ -164,14 +164,16 @@ def test_folding_bombs_are_left_to_run_time_instantly(tmp_path, op):
     path = _bomb(tmp_path, op)
     start = time.monotonic()
     rows = layers(path)
-    assert time.monotonic() - start < 5, "layers() on a folding bomb must not evaluate it"
+    # layers() never evaluated the bomb: its rows still hold the node (below). The limit only catches a hang.
+    assert time.monotonic() - start < 120, "layers() on a folding bomb must not evaluate it"
     assert any(r.op_type == op for r in rows), [r.op_type for r in rows]  # not folded: still a node
     graph = build_graph(load_model(path))
     fold_constants(graph)
     assert all(v.const is None or v.const.nbytes < 1 << 20 for v in graph.values.values())
-    with pytest.raises(ConversionError, match="memory budget|hostile|memory"):
+    with pytest.raises(ConversionError, match=rf"bomb_{op}.onnx: {op} node \(output 'c'\): {op} gives an output of "
+                                              r"shape .* \(37.3 GiB\), beyond the converter's memory budget"):
         load(path)  # the run-time expression itself would need 37 GiB: refused by name
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 120  # only catches a hang
 
 
 def test_folding_within_the_budget_still_folds(tmp_path, monkeypatch):

@@ -216,3 +216,19 @@ def test_a_build_interrupted_anywhere_leaves_each_model_old_or_new(offline_build
         assert again[0].status in ("built", "skipped")
         assert b"googlenet-renamed.onnx" in (models / "googlenet.py").read_bytes()
     assert finished and outcomes == {"old", "new"}
+
+
+def test_cli_build_skips_what_is_unchanged_unless_forced(tmp_path):
+    """`zoo build --force` rebuilds an entry whose build stamp says nothing changed (a plain rerun skips it)."""
+    def cli(*extra):
+        done = subprocess.run([sys.executable, "-m", "zoo", "build", "squeezenet1_1", "--offline", "--out",
+                               str(tmp_path / "out"), "--models-dir", str(tmp_path / "models"), *extra],
+                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()[1], (tmp_path / "out" / "squeezenet1_1" / "build.json").stat().st_mtime_ns
+
+    first, stamped = cli()
+    rerun, unchanged = cli()
+    forced, rebuilt = cli("--force")
+    assert (first, rerun, forced) == ("built", "skipped", "built")
+    assert unchanged == stamped and rebuilt > stamped

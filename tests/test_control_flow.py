@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
 from zoo.convert import convert, load, shapes
 
-from .helpers import make_model, tensor
+from .helpers import assert_outputs_match, make_model, run_onnxruntime as _ort, tensor
 
 RNG = np.random.default_rng(0)
 W = RNG.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32)
-
-
-def _ort(path, feeds):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def _branch(name, nodes, out):
@@ -109,8 +103,7 @@ def test_loop_with_carried_values_scan_outputs_outer_reads_and_a_nested_if(tmp_p
     expected = _ort(path, {"x": x, "acc0": acc0})
     got = load(path)(torch.from_numpy(x), torch.from_numpy(acc0))
     assert got[1].shape == (4, 2, 3)
-    for g, e in zip(got, expected):
-        np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-6)
+    assert_outputs_match(got, expected, rtol=1e-6, atol=0)
 
 
 def _rank_check(path, dims):
@@ -175,5 +168,4 @@ def test_scan_carries_a_state_and_stacks_outputs_in_both_directions(tmp_path):
                path=path)
     acc0, x = RNG.standard_normal(3).astype(np.float32), RNG.standard_normal((3, 5)).astype(np.float32)
     got = load(path)(torch.from_numpy(acc0), torch.from_numpy(x))
-    for g, e in zip(got, _ort(path, {"acc0": acc0, "x": x})):
-        np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-6)
+    assert_outputs_match(got, _ort(path, {"acc0": acc0, "x": x}), rtol=1e-6, atol=0)

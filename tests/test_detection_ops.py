@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper
 
 from zoo.convert import load
 
-from .helpers import make_model, tensor
+from .helpers import make_model, run_onnxruntime, tensor
 
 RNG = np.random.default_rng(0)
 
 
 def _run(path, feeds):
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    expected = run_onnxruntime(path, feeds)[0]
     with torch.no_grad():
         got = load(path)(*[torch.from_numpy(v) for v in feeds.values()])
     return got.numpy(), expected

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import hf_hub_download, snapshot_download
+from safetensors.torch import load as load_bytes, load_file
 
 import zoo
 import zoo.publish.hub
 from zoo.publish.build import Options, build
+from zoo.publish.hub import save_pretrained
 from zoo.publish.localhub import LocalHub, free_port
 from zoo.weights.pretrained import WeightsError
 
@@ -49,9 +51,15 @@ def test_pretrained_true_downloads_the_pinned_revision(hub):
     pin = json.loads(hub["pins"].read_text())["densenet121"]
     assert model.pretrained_cfg["weights"] == f"hf://zoo-models/densenet121@{pin['revision']}"
     assert model.pretrained_cfg["standin"] is True
-    local = zoo.densenet121(pretrained=hub["build"] / "densenet121")
-    for (k, a), (_, b) in zip(model.state_dict().items(), local.state_dict().items()):
-        assert torch.equal(a, b), k
+    _assert_published_weights(model, hub["build"] / "densenet121")
+
+
+def _assert_published_weights(model, folder: Path):
+    """The model holds exactly the tensors of the model.safetensors the build published from ``folder``."""
+    got, want = model.state_dict(), load_file(str(folder / "model.safetensors"))
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
 
 
 def test_real_client_revision_pins_and_snapshot(hub):
@@ -87,7 +95,9 @@ def test_hash_mismatch_is_refused_and_the_cached_file_removed(hub, tmp_path, mon
     with pytest.raises(WeightsError, match="sha256 of zoo-models/squeezenet1_1.* the pin says 0000"):
         zoo.squeezenet1_1(pretrained=True)
     monkeypatch.setenv("ZOO_PINS", str(hub["pins"]))
-    assert zoo.squeezenet1_1(pretrained=True) is not None  # fetched again, correct this time
+    fetched = zoo.squeezenet1_1(pretrained=True)  # fetched again, correct this time
+    assert fetched.pretrained_cfg["weights"] == f"hf://zoo-models/squeezenet1_1@{pins['squeezenet1_1']['revision']}"
+    _assert_published_weights(fetched, hub["build"] / "squeezenet1_1")
 
 
 def test_missing_repo_falls_back_to_the_onnx_file(hub, tmp_path, monkeypatch):
@@ -295,3 +305,33 @@ def test_push_to_hub_without_network_or_with_stand_ins_is_one_error(monkeypatch)
     monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("a stand-in upload was attempted"))
     with pytest.raises(zoo.publish.hub.PublishError, match=r"hub.example.org: refusing to push stand-in weights"):
         zoo.push_to_hub(model, "someone/flowers")
+
+
+def test_zoo_finetune_freeze_backbone_keeps_batchnorm_and_pushes(writable, monkeypatch, tmp_path):
+    """`zoo finetune --freeze-backbone --push-to-hub`: only the new head changes (the frozen batch norms keep
+    their running statistics), and the pushed revision holds exactly what was saved."""
+    from zoo.cli import main as zoo_main
+
+    server, _ = writable
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    torch.manual_seed(0)
+    start = zoo.create_model("densenet121", pretrained=False)
+    with torch.no_grad():  # statistics that a batch-norm in train mode would visibly move
+        for m in start.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    save_pretrained(start, tmp_path / "start")
+    assert zoo_main(["finetune", "--model", "densenet121", "--dataset", "digits", "--pretrained", str(tmp_path / "start"),
+                     "--freeze-backbone", "--epochs", "1", "--image-size", "32", "--device", "cpu",
+                     "--out", str(tmp_path / "ft"), "--push-to-hub", "someone/frozen"]) == 0
+    before, after = load_file(str(tmp_path / "start" / "model.safetensors")), load_file(str(tmp_path / "ft" / "model.safetensors"))
+    head = start.classifier_name + "."
+    backbone = [k for k in before if not k.startswith(head)]
+    assert any(k.endswith("running_mean") for k in backbone)
+    assert [k for k in backbone if not torch.equal(before[k], after[k])] == []
+    assert after[head + "weight"].shape[0] == 10
+    commits = server.repos["someone/frozen"]["commits"]
+    assert len(commits) == 1
+    pushed = load_bytes(next(iter(commits.values()))["model.safetensors"])
+    assert sorted(pushed) == sorted(after) and all(torch.equal(pushed[k], after[k]) for k in after)

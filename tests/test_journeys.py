@@ -141,8 +141,17 @@ def test_fine_tune_then_predict_with_the_trained_labels(own_zoo, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     predicted = zoo_cli("predict", "tiny_resnet", data / "val" / "red" / "0.png", "--weights", tmp_path / "ft",
                         "--top", "3", env=env)
-    names = [line.split()[-1] for line in predicted.stdout.splitlines()[1:]]
-    assert sorted(names) == ["blue", "green", "red"]
+    shown_top = [tuple(line.split()[::-1]) for line in predicted.stdout.splitlines()[1:]]
+    # The ranking and probabilities the CLI prints are the fine-tuned model's own, computed here independently.
+    expect = ("import torch, zoo; from PIL import Image; m = zoo.create_model('tiny_resnet', pretrained=%r).eval(); "
+              "x = zoo.transforms(m)(Image.open(%r).convert('RGB')).unsqueeze(0); "
+              "p = torch.softmax(m(x), 1)[0].tolist(); names = zoo.labels(m); "
+              "print(sorted(((names[i], f'{v:.2%%}') for i, v in enumerate(p)), key=lambda t: -float(t[1][:-1])))"
+              % (str(tmp_path / "ft"), str(data / "val" / "red" / "0.png")))
+    own = subprocess.run([sys.executable, "-c", expect], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    assert own.returncode == 0, own.stderr[-2000:]
+    assert str(shown_top) == own.stdout.strip() and sorted(n for n, _ in shown_top) == ["blue", "green", "red"]
     code = ("import zoo; m = zoo.create_model('tiny_resnet', pretrained=%r); t = zoo.transforms(m); "
             "print(m.num_classes, zoo.labels(m), t.transforms[2].size, m.pretrained_cfg['accuracy'])" % str(tmp_path / "ft"))
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -144,7 +144,8 @@ def test_truncated_file_server_down_and_a_good_mirror(server, standins, tmp_path
     full = server.files["/squeezenet1.0-9.onnx"]
     server.files["/short/squeezenet1.0-9.onnx"] = full[: len(full) // 2]
     monkeypatch.setenv("ZOO_ONNX_MIRROR", f"{server.url}/short")
-    with pytest.raises(WeightsError, match=r"short/squeezenet1.0-9.onnx: .*expected 4,952,222 bytes|bytes"):
+    with pytest.raises(WeightsError, match=rf"short/squeezenet1.0-9.onnx: .*connection closed after {len(full) // 2:,} "
+                                           rf"of {len(full):,} bytes"):
         zoo.squeezenet1_1(pretrained=True)
     monkeypatch.setenv("ZOO_ONNX_MIRROR", server.url)  # 404s and the dead server come after a good mirror
     model = zoo.squeezenet1_1(pretrained=True)
@@ -316,5 +317,8 @@ def test_a_first_load_killed_with_sigkill_leaves_the_cache_absent_or_whole(serve
                 p.name for p in (cache / entry.name / entry.source.sha256).iterdir() if not p.name.startswith(".")))
             (cache / "sources" / entry.source.sha256 / entry.source.file).unlink()
     print("kill -9 of a first load:", kills, "kills,", {s: states.count(s) for s in dict.fromkeys(states)})
-    assert finished and kills >= 5 and states[-1] == "whole", (kills, states)
-    assert {"nothing", "whole"} <= set(states) and len(set(states)) >= 3, states
+    # What the kills observed, not how many there were (that depends on the machine's speed): one before any
+    # file, one part-way (a download or conversion in flight) and one after the install.
+    assert finished and states[-1] == "whole", (kills, states)
+    killed = set(states[:-1])
+    assert {"nothing", "whole"} <= killed and len(killed) >= 3, states

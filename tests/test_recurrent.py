@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper
@@ -11,7 +10,7 @@ from onnx.reference import ReferenceEvaluator
 
 from zoo.convert import ConversionError, convert, load
 
-from .helpers import make_model, tensor
+from .helpers import assert_outputs_match, make_model, run_onnxruntime, tensor
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 SEQ, BATCH, INPUT, HIDDEN = 5, 2, 3, 4
@@ -53,12 +52,11 @@ def _compare(path, batch=BATCH):
     if any(a.name == "layout" and a.i for a in model.graph.node[0].attribute):
         expected = ReferenceEvaluator(model).run(None, feeds)  # onnxruntime has no layout=1 recurrent kernels
     else:
-        expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+        expected = run_onnxruntime(path, feeds)
     module = load(path)
     with torch.no_grad():
         got = module(*[torch.from_numpy(feeds[i.name]) for i in model.graph.input])
-    for e, g in zip(expected, got):
-        np.testing.assert_allclose(g.numpy(), e, rtol=1e-5, atol=1e-5)
+    assert_outputs_match(got, expected, rtol=1e-5, atol=1e-5)
     return module
 
 

@@ -32,7 +32,8 @@ def test_split_edit_and_concat_a_sequence_matches_onnxruntime(tmp_path):
     path = tmp_path / "seq.onnx"
     make_model(nodes, [tensor("x", ["batch", 4, 5])], [tensor("z", ["batch", 4, 5])], inits, path=path)
     module = load(path)
-    verify(path, module)
+    report = verify(path, module)
+    assert report.passed, str(report)
     x = torch.from_numpy(RNG.standard_normal((2, 4, 5)).astype(np.float32))
     expected = torch.cat([2 * x[:, :1], x[:, :3]], 1) * 4
     torch.testing.assert_close(module(x), expected)

@@ -14,8 +14,8 @@ from onnx import helper
 
 from zoo.convert import convert as convert_, load as load_, verify
 
-from .conftest import ZOO_GRAPHS, export, randomize_
-from .helpers import make_model, tensor
+from .conftest import ZOO_GRAPHS, randomize_
+from .helpers import export_and_compare, make_model, tensor
 
 # Structure is asked for explicitly, so these tests say what they test whatever the default.
 convert, load = partial(convert_, structure=True), partial(load_, structure=True)
@@ -171,10 +171,7 @@ FOLDED = {"resnet18": 8, "convnext_tiny": 18, "efficientnet_b0": 15, "mobilenet_
 
 @pytest.mark.parametrize("arch", sorted(FOLDED))
 def test_torchvision_exports_get_block_classes(arch, tmp_path):
-    path = export(randomize_(getattr(torchvision.models, arch)()), tmp_path / f"{arch}.onnx", 17)
-    module = load(path)
-    report = verify(path, module, batch_sizes=(1, 2))
-    assert report.passed, str(report)
+    module = export_and_compare(arch, tmp_path / f"{arch}.onnx", 17, batch_sizes=(1, 2), loader=load)
     blocks = [n for m, n in _classes(module).items() if type(module).__name__ != m and not hasattr(torch.nn, m)]
     assert max(blocks, default=0) == FOLDED[arch]
 

@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torchvision
 
-from zoo.convert import load, verify
-
-from .conftest import export, randomize_
+from .helpers import export_and_compare
 
 ARCHS = {
     "squeezenet1_1": {},
@@ -24,14 +20,5 @@ CASES = [(arch, opset) for arch in sorted(ARCHS) for opset in (13, 18)] + \
 
 @pytest.mark.parametrize("arch,opset", CASES)
 def test_export_roundtrip(arch, opset, tmp_path):
-    original = randomize_(getattr(torchvision.models, arch)(**ARCHS.get(arch, {})))
-    path = export(original, tmp_path / f"{arch}.onnx", opset)
-    module = load(path)
-    report = verify(path, module, batch_sizes=(1, 4))
-    assert report.passed, str(report)
-    x = torch.randn(4, 3, 224, 224)
-    with torch.no_grad():
-        expected, got = original(x), module(x)
-    assert got.shape == (4, 1000) and expected.abs().max() > 1e-2
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    export_and_compare(arch, tmp_path / f"{arch}.onnx", opset, batch_sizes=(1, 4), batch=4, **ARCHS.get(arch, {}))
 

@@ -89,6 +89,36 @@ def _random_input(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarra
     return rng.integers(0, 10, shape).astype(dtype)
 
 
+def _compare(names: list[str], reference: list, got: list, batch: int, per_sample: bool) -> list[Comparison]:
+    """One comparison per output the graph or the module has: a missing or extra output, or one whose shape
+    or dtype differs, is a failure before any value is compared."""
+    found = []
+    for i in range(max(len(names), len(got))):
+        name = names[i] if i < len(names) else f"<extra output {i}>"
+        if i >= len(got):
+            found.append(Comparison(name, batch, float("inf"), 0.0, per_sample,
+                                    f"missing: the module returned {len(got)} of {len(names)} outputs"))
+            continue
+        if i >= len(names):
+            found.append(Comparison(name, batch, float("inf"), 0.0, per_sample,
+                                    f"extra: the module returned {len(got)} outputs, the graph has {len(names)}"))
+            continue
+        out = got[i].detach().cpu().numpy()
+        ref = np.asarray(reference[i])
+        problem = (f"shape {out.shape} != reference {ref.shape}" if out.shape != ref.shape else
+                   f"dtype {out.dtype} != reference {ref.dtype}" if out.dtype != ref.dtype else "")
+        if problem:
+            found.append(Comparison(name, batch, float("inf"), 0.0, per_sample, problem))
+            continue
+        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+        if np.isnan(diff).any() and not np.array_equal(np.isnan(out), np.isnan(ref)):
+            max_abs = float("inf")
+        max_ref = float(np.nanmax(np.abs(ref.astype(np.float64)))) if ref.size else 0.0
+        found.append(Comparison(name, batch, max_abs, max_ref, per_sample))
+    return found
+
+
 def verify(onnx_path: str | os.PathLike, module: torch.nn.Module, *, batch_sizes: Sequence[int] = (1, 3),
            outputs: Sequence[str] | None = None, tolerance: float = DEFAULT_TOLERANCE, seed: int = 0
            ) -> VerificationReport:
@@ -134,19 +164,7 @@ def verify(onnx_path: str | os.PathLike, module: torch.nn.Module, *, batch_sizes
             with torch.no_grad():
                 got = module(*[torch.from_numpy(feeds[n]) for n in graph.inputs])
             got = list(got) if isinstance(got, (tuple, list)) else [got]
-            for name, ref, out in zip(outputs, reference, got):
-                out = out.detach().cpu().numpy()
-                ref = np.asarray(ref)
-                if out.shape != ref.shape:
-                    report.comparisons.append(Comparison(name, batch, float("inf"), 0.0, per_sample,
-                                                         f"shape {out.shape} != reference {ref.shape}"))
-                    continue
-                diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-                max_abs = float(np.nanmax(diff)) if diff.size else 0.0
-                if np.isnan(diff).any() and not np.array_equal(np.isnan(out), np.isnan(ref)):
-                    max_abs = float("inf")
-                max_ref = float(np.nanmax(np.abs(ref.astype(np.float64)))) if ref.size else 0.0
-                report.comparisons.append(Comparison(name, batch, max_abs, max_ref, per_sample))
+            report.comparisons += _compare(outputs, reference, got, batch, per_sample)
     finally:
         module.train(was_training)
     return report

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-from ..registry import Preprocessing, load_registry
+from ..registry import Preprocessing
 from .model import entry_config, resolved_entry
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
