@@ -87,13 +87,17 @@ def output_scale(path: Path) -> float:
     return float(numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])
 
 
-def steps_from_onnxruntime(path: Path, module: torch.nn.Module, batch: int = 1, seed: int = 100) -> float:
-    """Largest |module - onnxruntime| over the first output, in output quantization steps."""
+def steps_from_onnxruntime(path: Path, module: torch.nn.Module, batch: int = 1, seed: int = 100,
+                           fused: bool = True) -> float:
+    """Largest |module - onnxruntime| over the first output, in output quantization steps. ``fused=False``:
+    onnxruntime with its QDQ fusions off (``ORT_ENABLE_BASIC``), i.e. each QDQ op as the ONNX spec defines it."""
     import onnxruntime as ort
 
     feeds = random_batch(path, batch, seed)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     expected = session.run(None, feeds)[0]
     with torch.no_grad():

@@ -37,9 +37,9 @@ ROTATION = [("squeezenet1_1", "QOperator", True), ("shufflenet", "QDQ", True), (
             ("densenet121", "QDQ", False), ("inception_v2", "QOperator", True), ("resnet50", "QDQ", True)]
 
 
-def _check(path: Path, **options) -> torch.nn.Module:
+def _check(path: Path, fused: bool = True, **options) -> torch.nn.Module:
     module = load(path, **options)
-    steps = quantized.steps_from_onnxruntime(path, module)
+    steps = quantized.steps_from_onnxruntime(path, module, fused=fused)
     assert steps <= STEPS, f"{steps} quantization steps from onnxruntime"
     return module
 
@@ -69,10 +69,20 @@ def torchvision_exports(tmp_path_factory):
 
 @pytest.mark.parametrize("name, fmt, per_channel", [("mobilenet_v2", "QOperator", True),
                                                     ("efficientnet_b0", "QOperator", False),
-                                                    ("efficientnet_b0", "QDQ", True)])
+                                                    ("efficientnet_b0", "QDQ", False)])
 def test_quantized_torchvision_matches_onnxruntime(torchvision_exports, tmp_path, name, fmt, per_channel):
     path = quantized.quantize(torchvision_exports[name], tmp_path / "q.onnx", fmt, per_channel)
     _check(path)
+
+
+def test_efficientnet_qdq_per_channel_matches_the_unfused_graph(torchvision_exports, tmp_path):
+    """The known outlier (README, "Quantized graphs"): against onnxruntime's fused integer kernels it is about 11
+    steps off, because QLinearConv rounds one squeeze-excite element a step apart and the steep QLinearSigmoid
+    table after it amplifies that. Against the graph as the ONNX spec defines it (fusions off) it must match;
+    and the fused difference must stay the one documented, not grow."""
+    path = quantized.quantize(torchvision_exports["efficientnet_b0"], tmp_path / "q.onnx", "QDQ", True)
+    module = _check(path, fused=False)
+    assert quantized.steps_from_onnxruntime(path, module) <= 16
 
 
 def test_dequantize_gives_the_float_model_back(torchvision_exports, tmp_path):
