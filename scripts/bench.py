@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when loaded by path, not run as a script
 from corpus import measure_conversion, vgg19_standin  # noqa: E402 - scripts/corpus.py, beside this file
 
 warnings.filterwarnings("ignore")
@@ -45,6 +46,7 @@ warnings.filterwarnings("ignore")
 import zoo  # noqa: E402
 from zoo.weights.conversion import prepare_graph  # noqa: E402
 from zoo.convert import convert, load_converted  # noqa: E402
+from zoo.modeling.model import resolved_entry  # noqa: E402
 from zoo.registry import load_registry  # noqa: E402
 from zoo.publish.standins import build_standin  # noqa: E402
 
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         tmp = Path(tmp)
         for name in args.models:
-            entry = registry[name]
+            entry = resolved_entry(name)  # what the build read from the file (global_pool, ...) filled in
             raw = build_standin(entry.source.standin, tmp / f"{name}-raw.onnx")
             onnx_path = prepare_graph(raw, entry.logits, tmp / f"{name}.onnx")
             row: dict = {}

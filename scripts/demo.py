@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{zoo.transforms(tuned).transforms[2].size}; a validation '{int(target)}' predicted as "
                        f"'{guess}'")
 
-    summary += _validate_and_predict(out, ft["val_accuracy"])
+    summary += _validate_and_predict(out, name, ft["val_accuracy"])
     print("\nSummary (offline; every weight here is a stand-in: real weights come from running "
           "`python scripts/build.py --push` with network access)")
     for line in summary:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if np.isfinite(ft["val_accuracy"]) else 1
 
 
-def _validate_and_predict(out: Path, tuned_accuracy: float) -> list[str]:
+def _validate_and_predict(out: Path, name: str, tuned_accuracy: float) -> list[str]:
     """Step 7: the held-out digits as an ImageFolder (digits-val/<label>/<n>.png), then the CLI on it."""
     from PIL import Image
 
@@ -123,12 +123,12 @@ def _validate_and_predict(out: Path, tuned_accuracy: float) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
     weights, data = str(out / "finetuned"), str(out / "digits-val")
-    if zoo(["validate", "densenet121", "--weights", weights, "--data", data, "--json", str(out / "validate.json")]):
+    if zoo(["validate", name, "--weights", weights, "--data", data, "--json", str(out / "validate.json")]):
         raise SystemExit("zoo validate failed")
     result = json.loads((out / "validate.json").read_text())
     csv_out = out / "digits-predictions.csv"
     csv_out.unlink(missing_ok=True)  # a fresh table each run, not a resumed one
-    if zoo(["predict", "densenet121", data, "--weights", weights, "--top", "3", "--out", str(csv_out)]):
+    if zoo(["predict", name, data, "--weights", weights, "--top", "3", "--out", str(csv_out)]):
         raise SystemExit("zoo predict failed")
     rows = len(csv_out.read_text().splitlines()) - 1
     return [f"zoo validate: top-1 {result['top1']:.1%} on {result['count']} held-out digits "

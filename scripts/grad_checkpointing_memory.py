@@ -53,16 +53,16 @@ def peak_step_mib(name: str, batch: int, checkpointing: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/grad_checkpointing_memory.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("name")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rss", action="store_true", help="real steps on the CPU, peak resident memory")
     parser.add_argument("--one", choices=["plain", "checkpointed"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(peak_step_mib(args.name, args.batch, args.one == "checkpointed")))
-        return
+        return 0
     results = {}
     for mode in ("plain", "checkpointed"):
         if args.rss:
@@ -75,7 +75,8 @@ def main() -> None:
     print(f"{args.name}, batch {args.batch}, {what}: plain {results['plain']:,.0f} MiB, "
           f"checkpointed {results['checkpointed']:,.0f} MiB "
           f"({1 - results['checkpointed'] / results['plain']:.0%} less)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

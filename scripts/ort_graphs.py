@@ -299,7 +299,7 @@ def _outcome(convert, made: Made) -> str:
 def main(argv: list[str] | None = None) -> int:
     from zoo.convert import load
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="scripts/ort_graphs.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer", action="append", default=[], choices=["onnx2torch", "onnx2pytorch"])
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)

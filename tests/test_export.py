@@ -253,7 +253,7 @@ def test_readme_shipping_a_model_runs_as_written(tmp_path):
     weights), in that order, in an empty folder."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = text.index("\n### Shipping a model\n")
-    body = text[start:text.index("\n## ", start + 1)]
+    body = text[start:text.index("\n##", start + 1)]
     python = re.findall(r"```python\n(.*?)```", body, re.S)
     commands = [line.split("  #")[0].strip() for line in re.findall(r"```bash\n(.*?)```", body, re.S)[0].splitlines()]
     assert len(python) == 2 and len(commands) == 4 and all(c.startswith("zoo export ") for c in commands)

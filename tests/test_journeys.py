@@ -215,10 +215,11 @@ def test_generated_names_never_shadow_builtins(tmp_path):
 
     from .helpers import make_model, tensor
 
-    make_model([helper.make_node("Relu", ["input"], ["max"])], [tensor("input", ["N", 3])], [tensor("max", ["N", 3])],
-               path=tmp_path / "names.onnx")
+    # two inputs keep their (sanitized) names; a single one is `x`, as torchvision names it
+    make_model([helper.make_node("Add", ["input", "min"], ["max"])], [tensor("input", ["N", 3]), tensor("min", ["N", 3])],
+               [tensor("max", ["N", 3])], path=tmp_path / "names.onnx")
     source = convert(tmp_path / "names.onnx", tmp_path / "out").source_path.read_text()
-    assert "def forward(self, input_: torch.Tensor)" in source
+    assert "def forward(self, input_: torch.Tensor, min_: torch.Tensor)" in source
 
 
 @pytest.mark.parametrize("name", ["googlenet", "alexnet", "zfnet512", "vgg19", "inception_v2"])

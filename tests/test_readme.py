@@ -100,7 +100,7 @@ def _substitute(code: str, work: Path, flowers: Path) -> str:
 def _excerpt_source(spec: str, work: Path) -> str:
     if spec.startswith("--flat "):
         from zoo.convert import convert
-        from zoo.publish.build import prepare_graph
+        from zoo.weights.conversion import prepare_graph
         from zoo.publish.standins import build_standin
         from zoo.registry import load_registry
 

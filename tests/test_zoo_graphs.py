@@ -102,7 +102,7 @@ def test_generated_code_does_not_depend_on_weight_values(tmp_path):
 
 def test_shufflenet_channel_shuffles_read_as_shuffles(standins, tmp_path):
     src = _source(standins, "shufflenet", tmp_path)
-    assert "def channel_shuffle(x, groups):" in src
+    assert "def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:" in src  # typed: it must script
     assert src.count("channel_shuffle(y, 4)") == 16  # one per ShuffleNet unit, as the graph's 16 Transposes
     assert "reshape" not in src and "permute" not in src
     assert "self.pred = nn.Linear(544, 1000)" in src

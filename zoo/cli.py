@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from .convert import cli as convert_cli
     from .tasks import export as export_task
     from .publish.add import add_parser
-    from .tasks import evaluate, predict
+    from .tasks import evaluate, predict_cli
     from .tasks.finetune import build_parser as finetune_parser
 
     parser = argparse.ArgumentParser(prog="zoo", description="A PyTorch vision model zoo converted from ONNX.")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="a model's registry entry and published weights")
     p.add_argument("name", help="a zoo model (see `zoo list`)")
     p.set_defaults(run=_info)
-    predict.add_parsers(sub)
+    predict_cli.add_parsers(sub)
     evaluate.add_parser(sub)
     add_parser(sub)
     p = sub.add_parser("hash", help="sha256 and size of files, as registry.yaml's source fields")
