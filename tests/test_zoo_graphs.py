@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from zoo.convert import convert, load, verify
 
@@ -110,9 +113,6 @@ def test_shufflenet_channel_shuffles_read_as_shuffles(standins, tmp_path):
 
 def _shuffle_graph(tmp_path, perm=(0, 2, 1, 3, 4), split=(1, 2, 4, 5, 5), merge=(1, 8, 5, 5)):
     """Conv (8 channels) then a channel shuffle of 2 groups, fixed at batch 1 as Caffe2 exported them."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
@@ -154,3 +154,25 @@ def test_other_reshape_transpose_chains_stay_as_they_are(tmp_path, kwargs):
     src = convert(path, tmp_path / "out", name="chain").source_path.read_text()
     assert "channel_shuffle" not in src and "permute(" in src
     assert verify(path, load(path), batch_sizes=(1, 2)).passed
+
+
+@pytest.mark.parametrize("batch, target, follows_batch", [
+    (1, [1, -1], True),          # zoo's own exports: a batch-1 flatten follows the batch
+    (2, [2, 3, 25], True),       # a graph written for batch 2 generalizes from 2
+    (2, [1, 3, 25], False),      # batch 2 into a leading 1 is a size mismatch, not a batch to generalize
+])
+def test_only_a_reshape_from_the_traced_batch_follows_the_batch(tmp_path, batch, target, follows_batch):
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(target))])],
+        [numpy_helper.from_array(np.array(target, dtype=np.int64), "shape")])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    module = load(path)
+    x = torch.randn(3, 3, 5, 5)
+    if follows_batch:
+        assert module(x).shape[0] == 3
+    else:
+        with pytest.raises(RuntimeError, match="invalid for input of size"):
+            module(torch.randn(batch, 3, 5, 5))

@@ -185,10 +185,12 @@ def generalize_batch(graph: Graph) -> None:
     ShuffleNet's reshape -> transpose -> reshape generalizes as a whole.
     """
     batched = {name for name in graph.inputs if (graph.value(name).shape or (None,))[0] == BATCH}
+    traced = _traced_batch(graph)
     for i, node in enumerate(graph.nodes):
         runtime = [n for n in node.inputs if n and graph.value(n).const is None]
         if node.op_type == "Reshape" and len(node.inputs) >= 2 and node.inputs[0] in batched:
-            _generalize_reshape(graph, i, node)
+            if traced is not None:
+                _generalize_reshape(graph, i, node, traced)
             if (graph.value(node.outputs[0]).shape or (None,))[0] == BATCH or graph.nodes[i] is not node:
                 batched.add(node.outputs[0])
             continue
@@ -201,10 +203,21 @@ def generalize_batch(graph: Graph) -> None:
             batched.add(out.name)
 
 
-def _generalize_reshape(graph: Graph, i: int, node: Node) -> None:
+def _traced_batch(graph: Graph) -> int | None:
+    """The batch size the graph's constant shapes were written for: the inputs' fixed batch, or 1 when
+    they declare none (zoo's own exports); None when fixed inputs disagree, so nothing is generalized."""
+    fixed = set(graph.static_batch_inputs.values())
+    if len(fixed) > 1:
+        return None
+    return fixed.pop() if fixed else 1
+
+
+def _generalize_reshape(graph: Graph, i: int, node: Node, traced: int) -> None:
+    # Only a target whose first dimension is the traced batch follows the batch: a Reshape of a batch-2 graph
+    # to [1, ...] is a size mismatch that must still fail at run time, as it does in onnxruntime.
     target = graph.value(node.inputs[1]).const
     data = graph.value(node.inputs[0])
-    if target is None or target.ndim != 1 or not len(target) or int(target[0]) != 1 or data.shape is None:
+    if target is None or target.ndim != 1 or not len(target) or int(target[0]) != traced or data.shape is None:
         return
     if not all(isinstance(d, int) for d in data.shape[1:]):
         return
