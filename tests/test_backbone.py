@@ -10,6 +10,7 @@ import pickle
 import pytest
 import torch
 from torch import fx
+from torch.overrides import TorchFunctionMode
 from torchvision.models.feature_extraction import NodePathTracer
 
 import zoo
@@ -58,6 +59,31 @@ def _hooked(model: torch.nn.Module, info, x: torch.Tensor) -> dict[int, torch.Te
     return seen
 
 
+def _layer_inputs_and_outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda m, a, out: seen.extend([*a[:1], out]))
+               for m in model.modules() if not list(m.children())]
+    model(x)
+    for h in handles:
+        h.remove()
+    return [t for t in seen if isinstance(t, torch.Tensor)]
+
+
+class _EagerCalls(TorchFunctionMode):
+    """Every torch function's tensor result during an eager forward, by the function's name: an independent
+    record (no fx) for the stages that are a function's output rather than a layer's."""
+
+    def __init__(self):
+        super().__init__()
+        self.results: dict[str, list[torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.results.setdefault(getattr(func, "__name__", "").strip("_"), []).append(out)
+        return out
+
+
 @pytest.mark.parametrize("name", ZOO_MODELS)
 def test_features_only_for_every_model(name):
     torch.manual_seed(0)
@@ -75,14 +101,23 @@ def test_features_only_for_every_model(name):
         feats = backbone(x)
         values = _full_model_values(full, x)
         hooked = _hooked(full, info, x)
+        with _EagerCalls() as calls:
+            full(x)
+        layer_tensors = _layer_inputs_and_outputs(full, x)
     assert isinstance(feats, list) and len(feats) == len(info)
-    assert len(hooked) >= len(info) - 2  # most stages are a layer's output or input
+    # Every stage with a hook point was seen by its hook; the others are a function's output in forward().
+    assert set(hooked) == {d["index"] for d in info if d["hook_type"]}, (sorted(hooked), info)
     for f, d in zip(feats, info):
         assert f.shape[1] == d["num_chs"]
         assert abs(math.log2(224 / f.shape[2]) - math.log2(d["reduction"])) < 0.5, (f.shape, d)
         assert torch.equal(f, values[d["node"]]), d  # exactly the full model's tensor
-        if d["index"] in hooked:
+        if d["hook_type"]:
             assert torch.equal(f, hooked[d["index"]]), d
+        else:
+            function = d["node"].rsplit(".", 1)[-1].rstrip("0123456789").rstrip("_")
+            assert any(r.shape == f.shape and torch.equal(r, f) for r in calls.results.get(function, [])), d
+            # no hook point was missed: no layer takes or gives this tensor
+            assert not any(t.shape == f.shape and torch.equal(t, f) for t in layer_tensors), d
 
     # A non-square size: same channels, the same reductions in each direction.
     y = torch.randn(1, 3, 128, 192)
@@ -127,28 +162,25 @@ def test_forward_intermediates_and_out_indices(name):
         full.forward_intermediates(x, indices=(n,))
 
 
-def test_bad_backbone_arguments_name_the_argument():
-    with pytest.raises(ValueError, match=r"out_indices must hold stage indices in 0\.\.4 \(or -5\.\.-1\); got 9\. "
-                                         r"resnet50's stages \(channels/reduction\): 0: 64ch/2, 1: 256ch/4"):
-        zoo.create_model("resnet50", features_only=True, out_indices=(1, 9))
-    with pytest.raises(ValueError, match="out_indices must be increasing"):
-        zoo.create_model("resnet50", features_only=True, out_indices=(3, 1))
-    with pytest.raises(ValueError, match="out_indices is for features_only=True"):
-        zoo.create_model("resnet50", out_indices=(1,))
-    with pytest.raises(ValueError, match="in_chans must be an integer >= 1, got 0"):
-        zoo.create_model("squeezenet1_1", in_chans=0)
-    with pytest.raises(ValueError, match=r"global_pool must be one of 'avg', 'max', 'avgmax', '', got 'sum'"):
-        zoo.create_model("resnet50", global_pool="sum")
-    with pytest.raises(ValueError, match=r"drop_rate must be a number in \[0, 1\), got 1.5"):
-        zoo.create_model("resnet50", drop_rate=1.5)
-    with pytest.raises(ValueError, match="global_pool='' .*needs num_classes=0"):
-        zoo.create_model("resnet50", global_pool="")
-    with pytest.raises(ValueError, match="features_only=True models have no head"):
-        zoo.create_model("resnet50", features_only=True, drop_rate=0.1)
-    with pytest.raises(ValueError, match=r"alexnet's head does not pool .*6x6 map"):
-        zoo.create_model("alexnet", global_pool="max")
-    with pytest.raises(ValueError, match="num_classes must be an integer >= 0"):
-        zoo.create_model("resnet50").reset_classifier(-1)
+@pytest.mark.parametrize("make, message", [
+    (lambda: zoo.create_model("resnet50", features_only=True, out_indices=(1, 9)),
+     r"out_indices must hold stage indices in 0\.\.4 \(or -5\.\.-1\); got 9\. "
+     r"resnet50's stages \(channels/reduction\): 0: 64ch/2, 1: 256ch/4"),
+    (lambda: zoo.create_model("resnet50", features_only=True, out_indices=(3, 1)), "out_indices must be increasing"),
+    (lambda: zoo.create_model("resnet50", out_indices=(1,)), "out_indices is for features_only=True"),
+    (lambda: zoo.create_model("squeezenet1_1", in_chans=0), "in_chans must be an integer >= 1, got 0"),
+    (lambda: zoo.create_model("resnet50", global_pool="sum"),
+     r"global_pool must be one of 'avg', 'max', 'avgmax', '', got 'sum'"),
+    (lambda: zoo.create_model("resnet50", drop_rate=1.5), r"drop_rate must be a number in \[0, 1\), got 1.5"),
+    (lambda: zoo.create_model("resnet50", global_pool=""), "global_pool='' .*needs num_classes=0"),
+    (lambda: zoo.create_model("resnet50", features_only=True, drop_rate=0.1), "features_only=True models have no head"),
+    (lambda: zoo.create_model("alexnet", global_pool="max"), r"alexnet's head does not pool .*6x6 map"),
+    (lambda: zoo.create_model("resnet50").reset_classifier(-1), "num_classes must be an integer >= 0"),
+], ids=["out_indices_range", "out_indices_order", "out_indices_without_features", "in_chans", "global_pool",
+        "drop_rate", "empty_pool", "features_head", "alexnet_pool", "num_classes"])
+def test_bad_backbone_arguments_name_the_argument(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 @pytest.mark.parametrize("name", ["squeezenet1_1", "resnet50"])
