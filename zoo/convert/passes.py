@@ -163,6 +163,9 @@ _KEEPS_DIM0 = {
     "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Erf", "Identity",
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
     "BatchNormalization", "InstanceNormalization", "Dropout", "Cast", "Softmax", "LogSoftmax", "Flatten",
+    # onnxruntime's integer ops (onnx shape inference does not know them, so only this propagates the batch)
+    "QLinearConv", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
 }
 
 
@@ -175,6 +178,12 @@ def _keeps_dim0(node: Node) -> bool:
         return not node.attrs.get("transA", 0)
     if node.op_type == "Flatten":
         return node.attrs.get("axis", 1) != 0
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear", "FakeQuantize"):
+        return node.attrs.get("axis", 1) != 0  # elementwise, unless quantized along dimension 0
+    if node.op_type == "QLinearConcat":
+        return node.attrs.get("axis", 0) != 0
+    if node.op_type == "QGemm":
+        return not node.attrs.get("transA", 0)
     return node.op_type in _KEEPS_DIM0
 
 
