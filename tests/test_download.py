@@ -68,10 +68,12 @@ def test_failed_download_leaves_no_cache_entry_and_rerun_succeeds(tmp_path):
 
 def test_server_error_then_fallback_url(tmp_path):
     with FileServer({"/good.onnx": DATA}) as server:
-        server.errors_left = 3
+        server.errors_left = 2
         urls = [server.url + "/missing.onnx", server.url + "/good.onnx"]
         path = fetch(urls, SHA, filename="m.onnx", size=len(DATA), cache_dir=tmp_path, retries=3)
         assert path.read_bytes() == DATA
+        # two 500s retried, the 404 that follows ends that URL at once, and the fallback serves the file
+        assert [p for p, _ in server.requests] == ["/missing.onnx"] * 3 + ["/good.onnx"]
 
 
 def test_corrupted_cache_entry_is_refetched(tmp_path):
