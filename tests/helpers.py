@@ -1,6 +1,8 @@
 """Tiny ONNX graphs built in tests, torchvision exports, and the one way tests compare outputs."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,18 @@ import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.convert import load, verify
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def script(name: str):
+    """A file of scripts/ as a module, loaded once per run (scripts/ is not a package)."""
+    module_name = f"_script_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, SCRIPTS / f"{name}.py")
+        module = sys.modules[module_name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, path: Path | None = None, **graph_kw):

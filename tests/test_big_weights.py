@@ -4,9 +4,7 @@ The measurement is scripts/corpus.py's, the one README's "Big weights" table com
 converting the file, its peak RSS above what its imports took."""
 from __future__ import annotations
 
-import importlib.util
 import mmap
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +15,9 @@ from zoo.convert import load, shapes, verify
 from zoo.convert.ir import build_graph
 from zoo.convert.loader import load_model
 
-from .helpers import make_model, tensor
+from .helpers import make_model, script, tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("zoo_corpus", ROOT / "scripts" / "corpus.py")
-corpus = importlib.util.module_from_spec(_spec)
-sys.modules["zoo_corpus"] = corpus  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(corpus)
+corpus = script("corpus")
 
 
 def _reshape_lost_between_big_layers(path: Path, size: int = 4096) -> Path:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from .helpers import script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,9 +87,7 @@ SUBPROCESS_CASES = [
 def _main(entry: str):
     target, _ = ENTRY_POINTS[entry]
     if isinstance(target, Path):
-        spec = importlib.util.spec_from_file_location(f"_script_{target.stem}", target)
-        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = script(target.stem)
     else:
         module = importlib.import_module(target)
     return module.main

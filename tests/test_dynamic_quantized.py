@@ -5,24 +5,20 @@ output at two shapes: bit for bit (onnxruntime runs with one intra-op thread: it
 state per batch chunk, and the chunks follow the thread count)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.convert import load
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("zoo_ort_graphs", ROOT / "scripts" / "ort_graphs.py")
-ort_graphs = importlib.util.module_from_spec(_spec)
-sys.modules["zoo_ort_graphs"] = ort_graphs  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(ort_graphs)
+from .helpers import script
+
+ort_graphs = script("ort_graphs")
 
 
 @pytest.fixture(scope="module")

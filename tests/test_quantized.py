@@ -5,7 +5,6 @@ Graphs are made here with onnxruntime's own quantizer (scripts/quantized.py), ca
 The full model x format x granularity matrix is that script's; CI runs a rotation of it."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,13 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo.convert import ConversionError, load, verify
 
 from .conftest import export, randomize_
-from .helpers import small_convnet
+from .helpers import script, small_convnet
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("zoo_quantized", ROOT / "scripts" / "quantized.py")
-quantized = importlib.util.module_from_spec(_spec)
-sys.modules["zoo_quantized"] = quantized
-_spec.loader.exec_module(quantized)
+quantized = script("quantized")
 
 RNG = np.random.default_rng(0)
 # Float arithmetic rounds sums in another order than onnxruntime's kernels: an activation near a rounding

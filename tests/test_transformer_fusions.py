@@ -7,7 +7,6 @@ shapes, and must carry the com.microsoft ops it is meant to test (a fusion that 
 instead of passing untested)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,11 +18,9 @@ import torch
 
 from zoo.convert import load
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("zoo_ort_graphs", ROOT / "scripts" / "ort_graphs.py")
-ort_graphs = importlib.util.module_from_spec(_spec)
-sys.modules["zoo_ort_graphs"] = ort_graphs  # dataclasses look their module up while the file runs
-_spec.loader.exec_module(ort_graphs)
+from .helpers import script
+
+ort_graphs = script("ort_graphs")
 
 
 @pytest.fixture(scope="module")
