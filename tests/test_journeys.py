@@ -233,3 +233,25 @@ def test_a_fixed_size_model_suggests_only_what_helps(name):
             model(torch.empty(1, 3, 256, 256))
         assert "adaptive" not in str(error.value)
         assert adaptive_pool_would_help(zoo.create_model("shufflenet"))  # whole-map pooling its registry made adaptive
+
+
+def test_zoo_finetune_on_cuda(tmp_path):
+    """`zoo finetune --device cuda` trains on the GPU and saves weights that load back on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine (runs where one is present, e.g. the lent device machine)")
+    from safetensors.torch import load_file
+
+    from zoo.cli import main as zoo_main
+    from zoo.publish.hub import save_pretrained
+
+    torch.manual_seed(0)
+    save_pretrained(zoo.create_model("squeezenet1_1", num_classes=10), tmp_path / "start")
+    assert zoo_main(["finetune", "--model", "squeezenet1_1", "--dataset", "digits", "--pretrained",
+                     str(tmp_path / "start"), "--epochs", "1", "--image-size", "32", "--device", "cuda",
+                     "--out", str(tmp_path / "ft")]) == 0
+    before = load_file(str(tmp_path / "start" / "model.safetensors"))
+    after = load_file(str(tmp_path / "ft" / "model.safetensors"), device="cpu")
+    assert sorted(before) == sorted(after) and all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.endswith("weight"))  # it trained
+    tuned = zoo.create_model("squeezenet1_1", pretrained=tmp_path / "ft")
+    assert tuned.num_classes == 10 and len(tuned.pretrained_cfg["finetune"]["history"]) == 1
