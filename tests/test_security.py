@@ -203,19 +203,26 @@ FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=list(Heal
 EXAMPLES = int(os.environ.get("ZOO_FUZZ_EXAMPLES", 300))
 
 
-def test_fuzzed_graphs_convert_correctly_or_refuse(tmp_path_factory):
-    converted = []
+def _fuzz_outcomes(strategy, run, tmp_path_factory, examples: int = EXAMPLES) -> dict[str, int]:
+    """Runs one derandomized fuzzer and counts its outcomes in this test alone, so floors do not depend on
+    which other tests ran first."""
+    outcomes: dict[str, int] = {}
 
-    @settings(FUZZ, max_examples=150)
-    @given(graphs())
+    @settings(FUZZ, max_examples=examples)
+    @given(strategy)
     def check(spec):
-        _fuzzed_graph(tmp_path_factory, spec, converted)
+        run(tmp_path_factory, spec, outcomes)
 
     check()
-    assert len(converted) >= 20, f"only {len(converted)} fuzzed graphs were valid and converted"
+    return outcomes
 
 
-def _fuzzed_graph(tmp_path_factory, spec, converted: list) -> None:
+def test_fuzzed_graphs_convert_correctly_or_refuse(tmp_path_factory):
+    outcomes = _fuzz_outcomes(graphs(), _fuzzed_graph, tmp_path_factory, examples=150)
+    assert outcomes.get("matched", 0) >= 20, f"only {outcomes} fuzzed graphs were valid and converted"
+
+
+def _fuzzed_graph(tmp_path_factory, spec, outcomes: dict[str, int]) -> None:
     nodes, inits, output, rank_shape = spec
     tmp = tmp_path_factory.mktemp("fuzz")
     model = make_model(nodes, [tensor("x", rank_shape)], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
@@ -233,18 +240,11 @@ def _fuzzed_graph(tmp_path_factory, spec, converted: list) -> None:
         return
     report = verify(path, module, batch_sizes=(rank_shape[0],))
     assert report.passed, str(report)
-    converted.append(len(nodes))
+    _count(outcomes, "matched")
 
 
 def test_mutated_model_bytes_never_escape_as_other_errors(tmp_path_factory):
-    outcomes: dict[str, int] = {}
-
-    @settings(FUZZ, max_examples=150)
-    @given(st.data())
-    def check(data):
-        _mutated_bytes(tmp_path_factory, data, outcomes)
-
-    check()
+    outcomes = _fuzz_outcomes(st.data(), _mutated_bytes, tmp_path_factory, examples=150)
     assert outcomes.get("refused", 0) >= 50 and outcomes.get("matched", 0) >= 5, outcomes
 
 
@@ -510,20 +510,6 @@ def _faithful_or_refused(model: onnx.ModelProto, path: Path, x_shape: list[int],
     if compare_values:
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, equal_nan=True)
     _count(outcomes, "matched")
-
-
-def _fuzz_outcomes(strategy, run, tmp_path_factory) -> dict[str, int]:
-    """Runs one derandomized fuzzer and counts its outcomes in this test alone, so floors do not depend on
-    which other tests ran first."""
-    outcomes: dict[str, int] = {}
-
-    @settings(FUZZ, max_examples=EXAMPLES)
-    @given(strategy)
-    def check(spec):
-        run(tmp_path_factory, spec, outcomes)
-
-    check()
-    return outcomes
 
 
 def test_fuzzed_layer_attributes_convert_faithfully_or_refuse(tmp_path_factory):
