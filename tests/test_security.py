@@ -621,13 +621,38 @@ def _readable(t: TensorProto) -> bool:
 
 # --- kill -9 during a build ---------------------------------------------------------------------------
 
+# The child SIGKILLs itself just before its K-th change to the build's visible state: every os.replace, rename,
+# unlink, rmdir, mkdir, rmtree and file opened for writing under the output or models folder, except inside the
+# build's private scratch folder (.build-*), which nothing reads. Killing at each K in turn reaches every step of
+# the install, whatever the machine's speed.
 KILLED_BUILD = """
-import sys
+import builtins, io, os, shutil, signal, sys
 from pathlib import Path
+out, models, registry, name, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+roots, seen = (str(out), str(models)), [0]
+
+
+def watched(module, function, writes=lambda args, kwargs: True):
+    real = getattr(module, function)
+
+    def call(*args, **kwargs):
+        path = str(args[0]) if args else ""
+        if path.startswith(roots) and "/.build-" not in path and writes(args, kwargs):
+            seen[0] += 1
+            if seen[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(module, function, call)
+
+
+for function in ("replace", "rename", "unlink", "remove", "rmdir", "mkdir"):
+    watched(os, function)
+watched(shutil, "rmtree")
+watched(builtins, "open", lambda args, kwargs: any(c in (args[1] if len(args) > 1 else kwargs.get("mode", "r"))
+                                                   for c in "wax+"))
+io.open = builtins.open
 from zoo.publish.build import Options, build
-print("ready", flush=True)
-build(Options(out=Path(sys.argv[1]), offline=True, models_dir=Path(sys.argv[2]), registry=Path(sys.argv[3]),
-              names=[sys.argv[4]]))
+build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
 """
 
 
@@ -651,10 +676,10 @@ def _installed_state(out: Path, models: Path, name: str, old_source: bytes) -> s
 
 
 def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
-    """SIGKILL (no exception, no finally) a build in a child process at growing delays: after recovery the
-    model's source and output folder are the old pair or the new pair, whole; the next run completes."""
+    """SIGKILL (no exception, no finally) a build in a child process before each of its changes to the output in
+    turn: after recovery the model's source and output folder are the old pair or the new pair, whole; the next
+    run completes."""
     import shutil
-    import signal
     import subprocess
     import sys
 
@@ -674,33 +699,28 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump(data))
     root = Path(__file__).resolve().parents[1]
-    outcomes, delay, kills = [], 0.02, 0
-    while True:
-        child = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name],
-                                 cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert child.stdout.readline().strip() == b"ready"
-        try:
-            finished = child.wait(timeout=delay) == 0
-        except subprocess.TimeoutExpired:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            finished, kills = False, kills + 1
-        child.stdout.close()
+    outcomes = []
+    for kill_at in range(1, 200):
+        child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name,
+                                str(kill_at)], cwd=root, capture_output=True, timeout=600)
+        finished = child.returncode == 0
+        assert finished or child.returncode == -9, child.stderr.decode()[-2000:]
         recover(out)
         state = _installed_state(out, models, name, old_source)
         assert not [p for p in out.iterdir() if p.name.startswith(".")], sorted(p.name for p in out.iterdir())
         outcomes.append(state)
-        if finished or delay > 120:
+        if finished:
             break
         if state == "new":  # back to the old pair, so that later kills interrupt a real install again
             shutil.rmtree(out)
             shutil.rmtree(models)
             shutil.copytree(tmp_path / "old-out", out)
             shutil.copytree(tmp_path / "old-models", models)
-        delay *= 1.8
-    # What the kills observed, not how many there were (that depends on the machine's speed): a kill that left
-    # the old pair whole, and the unkilled run that installed the new one.
-    assert finished and outcomes[-1] == "new" and "old" in outcomes[:-1], (kills, outcomes)
+    # Kills before the commit point roll back to the old pair, kills after it roll forward to the new one, and
+    # the run that was not killed installs the new pair.
+    assert finished and outcomes[-1] == "new", outcomes
+    assert outcomes[0] == "old" and "new" in outcomes[:-1], outcomes
+    assert outcomes[:-1] == sorted(outcomes[:-1], key=["old", "new"].index), outcomes  # one switch, at the commit
     again = build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
     assert again[0].status == "skipped"  # the killed runs left nothing that makes the finished one look stale
     assert b"squeezenet-renamed.onnx" in (models / f"{name}.py").read_bytes()
