@@ -124,3 +124,41 @@ def export_and_compare(arch: str, path: Path, opset: int = 17, batch_sizes=(1, 3
     assert expected.abs().max() > 1e-2
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     return module
+
+
+# Prepended to a child process's script: the child SIGKILLs itself just before its K-th change to the files under
+# $ZOO_KILL_ROOTS (os.replace, rename, unlink, remove, rmdir, mkdir, shutil.rmtree, a file opened for writing),
+# K = $ZOO_KILL_AT. Changes inside a private scratch folder (named by a prefix in $ZOO_KILL_SCRATCH) are not
+# counted: nothing reads them; making the folder and moving a file out of it are. Killing at K = 1, 2, ... in
+# turn reaches every step, whatever the machine's speed.
+KILL_BEFORE_NTH_CHANGE = """
+import builtins, io, os, shutil, signal
+_roots = tuple(os.environ["ZOO_KILL_ROOTS"].split(os.pathsep))
+_scratch = tuple(s for s in os.environ.get("ZOO_KILL_SCRATCH", "").split(os.pathsep) if s)
+_kill_at, _seen = int(os.environ["ZOO_KILL_AT"]), [0]
+
+
+def _watched(module, function, counts=lambda args, kwargs: True):
+    real = getattr(module, function)
+
+    def visible(path):
+        path = os.fspath(path)
+        return path.startswith(_roots) and not any(s in path and "/" in path.split(s, 1)[1] for s in _scratch)
+
+    def call(*args, **kwargs):
+        paths = [a for a in args[:2 if function in ("replace", "rename") else 1] if isinstance(a, (str, os.PathLike))]
+        if any(visible(p) for p in paths) and counts(args, kwargs):
+            _seen[0] += 1
+            if _seen[0] == _kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(module, function, call)
+
+
+for _function in ("replace", "rename", "unlink", "remove", "rmdir", "mkdir"):
+    _watched(os, _function)
+_watched(shutil, "rmtree")
+_watched(builtins, "open", lambda args, kwargs: any(c in str(args[1] if len(args) > 1 else kwargs.get("mode", "r"))
+                                                    for c in "wax+"))
+io.open = builtins.open
+"""

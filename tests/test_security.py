@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo.convert import ConversionError, convert, load, verify
 from zoo.convert.checks import memory_budget
 
-from .helpers import make_model, small_convnet, tensor
+from .helpers import KILL_BEFORE_NTH_CHANGE, make_model, small_convnet, tensor
 
 MARKER = "/tmp/zoo-pwned-marker"
 PAYLOADS = [
@@ -621,38 +621,12 @@ def _readable(t: TensorProto) -> bool:
 
 # --- kill -9 during a build ---------------------------------------------------------------------------
 
-# The child SIGKILLs itself just before its K-th change to the build's visible state: every os.replace, rename,
-# unlink, rmdir, mkdir, rmtree and file opened for writing under the output or models folder, except inside the
-# build's private scratch folder (.build-*), which nothing reads. Killing at each K in turn reaches every step of
-# the install, whatever the machine's speed.
-KILLED_BUILD = """
-import builtins, io, os, shutil, signal, sys
+KILLED_BUILD = KILL_BEFORE_NTH_CHANGE + """
+import sys
 from pathlib import Path
-out, models, registry, name, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-roots, seen = (str(out), str(models)), [0]
-
-
-def watched(module, function, writes=lambda args, kwargs: True):
-    real = getattr(module, function)
-
-    def call(*args, **kwargs):
-        path = str(args[0]) if args else ""
-        if path.startswith(roots) and "/.build-" not in path and writes(args, kwargs):
-            seen[0] += 1
-            if seen[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    setattr(module, function, call)
-
-
-for function in ("replace", "rename", "unlink", "remove", "rmdir", "mkdir"):
-    watched(os, function)
-watched(shutil, "rmtree")
-watched(builtins, "open", lambda args, kwargs: any(c in (args[1] if len(args) > 1 else kwargs.get("mode", "r"))
-                                                   for c in "wax+"))
-io.open = builtins.open
 from zoo.publish.build import Options, build
-build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
+build(Options(out=Path(sys.argv[1]), offline=True, models_dir=Path(sys.argv[2]), registry=Path(sys.argv[3]),
+              names=[sys.argv[4]]))
 """
 
 
@@ -701,8 +675,10 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
     root = Path(__file__).resolve().parents[1]
     outcomes = []
     for kill_at in range(1, 200):
-        child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name,
-                                str(kill_at)], cwd=root, capture_output=True, timeout=600)
+        child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name],
+                               cwd=root, capture_output=True, timeout=600,
+                               env={**os.environ, "ZOO_KILL_ROOTS": os.pathsep.join([str(out), str(models)]),
+                                    "ZOO_KILL_SCRATCH": "/.build-", "ZOO_KILL_AT": str(kill_at)})
         finished = child.returncode == 0
         assert finished or child.returncode == -9, child.stderr.decode()[-2000:]
         recover(out)
