@@ -47,7 +47,6 @@ import zoo  # noqa: E402
 from zoo.weights.conversion import prepare_graph  # noqa: E402
 from zoo.convert import convert, load_converted  # noqa: E402
 from zoo.modeling.model import resolved_entry  # noqa: E402
-from zoo.registry import load_registry  # noqa: E402
 from zoo.publish.standins import build_standin  # noqa: E402
 
 TORCHVISION = {"squeezenet1_1": "squeezenet1_1", "densenet121": "densenet121", "resnet50": "resnet50",
@@ -90,7 +89,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     o2t = _onnx2torch()
-    registry = load_registry()
     machine = (f"{platform.machine()}, {torch.get_num_threads()} threads, python {platform.python_version()}, "
                f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
     machine += f", OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
