@@ -293,25 +293,3 @@ def test_contradicting_fields_are_errors_naming_the_field(files, tmp_path, cli, 
     code, _, err = cli("build", "--out", tmp_path / "build", env=env)
     assert code == 1 and re.search(message, err), err
     assert not (tmp_path / "models" / "mini.py").exists()
-
-
-def test_readme_adding_a_model_runs_as_written(tmp_path):
-    """README's "Adding a model", its shell block as written, with `zoo` and `python` this checkout's."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n### Adding a model\n"):text.index("\n## Figures\n")]
-    script = re.findall(r"```bash\n(.*?)```", section, re.S)[0]  # the `zoo add` walk-through (the hand entry's blocks: test_readme)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, target in (("zoo", f'exec "{sys.executable}" -m zoo "$@"'), ("python", f'exec "{sys.executable}" "$@"')):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{target}\n")
-        (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
-           "ZOO_CACHE": str(tmp_path / "cache")}
-    env.pop("ZOO_REGISTRY", None)
-    done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "Linear(in_features=1280, out_features=5" in done.stdout
-    assert re.search(r"^my_mobilenet\s+classifier\.1\s+-\s+yours\s", done.stdout, re.M)
-    assert (tmp_path / "myzoo" / "models" / "my_mobilenet.py").is_file()
-

@@ -6,11 +6,6 @@ Weights are random (the layers' initialization): these test structure, not accur
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -246,30 +241,3 @@ def test_list_models_filters_like_timm():
 def test_default_cfg_is_pretrained_cfg():
     model = zoo.create_model("alexnet", num_classes=4)
     assert model.default_cfg is model.pretrained_cfg and model.default_cfg["num_classes"] == 4
-
-
-def test_readme_shipping_a_model_runs_as_written(tmp_path):
-    """README "Shipping a model": its Python blocks and its commands (but the one that downloads pretrained
-    weights), in that order, in an empty folder."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = text.index("\n### Shipping a model\n")
-    body = text[start:text.index("\n##", start + 1)]
-    python = re.findall(r"```python\n(.*?)```", body, re.S)
-    commands = [line.split("  #")[0].strip() for line in re.findall(r"```bash\n(.*?)```", body, re.S)[0].splitlines()]
-    assert len(python) == 2 and len(commands) == 4 and all(c.startswith("zoo export ") for c in commands)
-
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-
-    def run(*argv):
-        done = subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                              env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stdout
-
-    assert "'runtime': 'onnxruntime'" in run("-c", python[0])
-    for command in commands[:3]:  # the fourth downloads resnet50's pretrained weights
-        assert "matches the model" in run("-m", "zoo", *command.split()[1:])
-    assert run("-c", python[1]).strip() in ("cat", "dog", "fox")
-    config = json.loads((tmp_path / "shipped" / "config.json").read_text())
-    assert config["format"] == "torchscript" and config["labels"] == ["cat", "dog", "fox"]

@@ -148,9 +148,12 @@ def _run(steps: list[dict]) -> int:
     """In the runner process (cwd: the working folder): each step in order, stopping at the first failure."""
     import hashlib
 
+    import time
+
     namespace: dict = {"__name__": "__readme__"}
+    started = time.monotonic()
     for step in steps:
-        print(f"=== {step['where']}", flush=True)
+        print(f"=== {step['where']} (at {time.monotonic() - started:.0f} s)", flush=True)
         if step["lang"] == "python":
             exec(compile(step["code"], step["where"], "exec"), namespace)  # noqa: S102 - README's own code
         elif step["lang"] == "bash":
@@ -187,6 +190,22 @@ def _images(work: Path, flowers: Path) -> None:
             (flowers / split / cls).mkdir(parents=True)
             for i in range(2):
                 photo.crop((40 * i + 100 * k, 0, 40 * i + 100 * k + 300, 300)).save(flowers / split / cls / f"{i}.jpg")
+
+
+def _demo_outputs(demo: Path) -> None:
+    """What `python scripts/demo.py` leaves for the Evaluating and Predicting sections: a fine-tuned
+    DenseNet-121 (untrained here) and held-out digits as an ImageFolder, three per class."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    _finetuned_digits_folder(demo / "finetuned")
+    digits = load_digits()
+    for target in range(10):
+        folder = demo / "digits-val" / str(target)
+        folder.mkdir(parents=True)
+        for n, image in enumerate(digits.images[digits.target == target][:3]):
+            Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((64, 64)).convert("RGB").save(folder / f"{n:03d}.png")
 
 
 def _finetuned_digits_folder(folder: Path) -> None:
@@ -229,6 +248,7 @@ def test_every_readme_block_runs_as_written(tmp_path, offline_build):
     steps, notes = _plan(work, flowers)
     _images(work, flowers)
     _finetuned_digits_folder(work / "out" / "ft")
+    _demo_outputs(work / "out" / "demo")
     shims = tmp_path / "bin"
     shims.mkdir()
     for name, command in (("python", f'exec {sys.executable} "$@"'), ("zoo", f'exec {sys.executable} -m zoo "$@"')):
@@ -248,6 +268,7 @@ def test_every_readme_block_runs_as_written(tmp_path, offline_build):
         done = subprocess.run([sys.executable, __file__, str(plan)], cwd=work, env=env, capture_output=True,
                               text=True, timeout=1200)
     print("\n".join([f"README: {len(steps)} blocks run, {len(notes)} marks (not run as written):", *notes]))
+    print("\n".join(line for line in done.stdout.splitlines() if line.startswith("=== ")))
     assert done.returncode == 0, (done.stdout[-4000:], done.stderr[-6000:])
     assert "OUTSIDE TOLERANCE" not in done.stdout and done.stdout.count("=> OK") >= 3, done.stdout[-4000:]
     ran = [line for line in done.stdout.splitlines() if line.startswith("=== ")]
