@@ -130,9 +130,10 @@ def export_and_compare(arch: str, path: Path, opset: int = 17, batch_sizes=(1, 3
 # $ZOO_KILL_ROOTS (os.replace, rename, unlink, remove, rmdir, mkdir, shutil.rmtree, a file opened for writing),
 # K = $ZOO_KILL_AT. Changes inside a private scratch folder (named by a prefix in $ZOO_KILL_SCRATCH) are not
 # counted: nothing reads them; making the folder and moving a file out of it are. Killing at K = 1, 2, ... in
-# turn reaches every step, whatever the machine's speed.
+# turn reaches every step, whatever the machine's speed. K = 0 kills nowhere and prints the number of changes
+# at exit ("zoo-kill: N changes" on stderr), for a test that picks its Ks from the whole run.
 KILL_BEFORE_NTH_CHANGE = """
-import builtins, io, os, shutil, signal
+import atexit, builtins, io, os, shutil, signal, sys
 _roots = tuple(os.environ["ZOO_KILL_ROOTS"].split(os.pathsep))
 _scratch = tuple(s for s in os.environ.get("ZOO_KILL_SCRATCH", "").split(os.pathsep) if s)
 _kill_at, _seen = int(os.environ["ZOO_KILL_AT"]), [0]
@@ -161,4 +162,6 @@ _watched(shutil, "rmtree")
 _watched(builtins, "open", lambda args, kwargs: any(c in str(args[1] if len(args) > 1 else kwargs.get("mode", "r"))
                                                     for c in "wax+"))
 io.open = builtins.open
+if _kill_at == 0:
+    atexit.register(lambda: print(f"zoo-kill: {_seen[0]} changes", file=sys.stderr))
 """

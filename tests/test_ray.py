@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,6 @@ from .test_tasks import noise, tuned  # noqa: F401  (a fixture)
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 zoo_ray = pytest.importorskip("zoo.tasks.ray")
-
-ACTOR = "ray::MapWorker(MapBatches(_Model))"
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +36,6 @@ def images(tmp_path_factory):
     return root
 
 
-def _actor_pids() -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().startswith(ACTOR.encode()):
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 def _same(rows, expected):
     assert [r["path"] for r in rows] == [r["path"] for r in expected]
     for got, want in zip(rows, expected):
@@ -61,27 +46,35 @@ def _same(rows, expected):
                                                                           abs=1e-5)
 
 
+def _kill_own_process_at_batch(model, nth: int, log: Path) -> None:
+    """The model's actor SIGKILLs itself as it starts its nth batch, once: deterministic, unlike a killer thread
+    racing the run. ``log`` gets a line per batch started and ``killed <pid>`` once."""
+    driver, log = os.getpid(), str(log)
+
+    def hook(module, args):
+        if os.getpid() == driver:
+            return
+        with open(log, "a") as f:
+            f.write("batch\n")
+        with open(log) as f:
+            seen = f.read().split("\n")
+        if seen.count("batch") == nth and not any(line.startswith("killed") for line in seen):
+            with open(log, "a") as f:
+                f.write(f"killed {os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    model.register_forward_pre_hook(hook)  # a closure: Ray pickles it by value into the actor
+
+
 def test_ray_rows_equal_the_single_process_run_even_when_the_actor_is_killed(cluster, tuned, images, tmp_path):  # noqa: F811
     model = zoo.squeezenet1_1(pretrained=tuned)
     expected = zoo.predict(model, [images], top=3, batch_size=20, progress=False)
-    out = tmp_path / "ray.parquet"
-    killed: list[int] = []
-
-    def kill_once():  # once the first rows are back (a part is written), SIGKILL the model's actor
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not killed:
-            parts = out.with_name(out.name + ".parts")
-            pids = _actor_pids()
-            if pids and parts.is_dir() and any(parts.glob("part-*.parquet")):
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append(pids[0])
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_once, daemon=True)
-    killer.start()
+    out, log = tmp_path / "ray.parquet", tmp_path / "batches.log"
+    _kill_own_process_at_batch(model, 3, log)
     rows = zoo_ray.predict(model, [images], top=3, out=out, batch_size=20, part_size=20, progress=False)
-    killer.join(timeout=5)
-    assert killed, "the actor was never killed: the run finished first"
+    seen = log.read_text().splitlines()
+    assert sum(line.startswith("killed") for line in seen) == 1, seen
+    assert seen.count("batch") >= 12, seen  # 11 batches of 20 for 201 files, and the killed one again
     assert len(rows) == 201 and len({r["path"] for r in rows}) == 201
     _same(rows, expected)
     import pyarrow.parquet as pq

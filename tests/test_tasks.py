@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from zoo.publish.hub import save_pretrained
 from zoo.tasks.evaluate import Tally, class_indices, wilson_interval
 
 from .conftest import randomize_
+from .helpers import KILL_BEFORE_NTH_CHANGE
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = list("abcdef")
@@ -303,25 +305,40 @@ def test_predict_cli_prints_reports_missing_files_and_goes_on(tuned, photos, tmp
     assert "expected a file ending in .parquet, .npy, .jsonl" in capsys.readouterr().err
 
 
-def test_predict_killed_midway_then_rerun_equals_one_clean_run(tuned, tmp_path):
-    """SIGKILL while the parts are being written; the rerun skips what is done: the same table, once each."""
+KILLED_PREDICT = KILL_BEFORE_NTH_CHANGE + """
+from zoo.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_killed_at_chosen_steps_then_rerun_equals_one_clean_run(tuned, tmp_path):
+    """SIGKILL just before a chosen change to the table's files (the first, two in the middle of the parts, the
+    last three: the merge); the table is never half there, and the rerun redoes only what was not done: the same table."""
     images = tmp_path / "many"
     for i in range(24):
         noise(images / f"{i:03d}.png", 1000 + i, size=(SIZE, SIZE))
-    args = [sys.executable, "-m", "zoo", "predict", "squeezenet1_1", str(images), "--weights", str(tuned),
+    args = ["predict", "squeezenet1_1", str(images), "--weights", str(tuned),
             "--batch-size", "2", "--part-size", "2", "--workers", "0", "--top", "3"]
-    assert main(args[3:] + ["--out", str(tmp_path / "clean.csv")]) == 0
-    out = tmp_path / "killed.csv"
-    parts = tmp_path / "killed.csv.parts"
-    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (parts.is_dir() and len(list(parts.glob("part-*.csv"))) >= 2):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(list(parts.glob("part-*.csv")))
-    assert not out.exists() and 2 <= written < 12, written  # killed midway: parts, no merged table
-    rerun = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert out.read_text() == (tmp_path / "clean.csv").read_text()
-    assert len(out.read_text().splitlines()) == 25 and not parts.exists()
+
+    def child(out: Path, kill_at: int) -> subprocess.CompletedProcess:
+        env = {**os.environ, "ZOO_KILL_ROOTS": str(out), "ZOO_KILL_AT": str(kill_at)}
+        return subprocess.run([sys.executable, "-c", KILLED_PREDICT, *args, "--out", str(out)], capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    clean = child(tmp_path / "clean.csv", 0)
+    assert clean.returncode == 0, clean.stderr
+    changes = int(re.search(r"zoo-kill: (\d+) changes", clean.stderr).group(1))
+    table = (tmp_path / "clean.csv").read_text()
+    assert len(table.splitlines()) == 25 and changes > 12  # 12 parts at least, each a change
+    for kill_at in sorted({1, changes // 2, changes // 2 + 1, changes - 2, changes - 1, changes}):
+        out = tmp_path / f"killed-{kill_at}.csv"
+        killed = child(out, kill_at)
+        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr)
+        assert not out.exists() or out.read_text() == table, f"kill {kill_at}: a half-written table"
+        rerun = child(out, 0)
+        assert rerun.returncode == 0, (kill_at, rerun.stderr)
+        redone = int(re.search(r"zoo-kill: (\d+) changes", rerun.stderr).group(1))
+        # What was done before the kill is not done again: at most the interrupted part (mkdir, write, rename).
+        assert redone <= changes - (kill_at - 1) + 3, (kill_at, redone, changes)
+        assert out.read_text() == table, kill_at
+        assert not out.with_name(out.name + ".parts").exists(), kill_at
