@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -165,3 +167,14 @@ io.open = builtins.open
 if _kill_at == 0:
     atexit.register(lambda: print(f"zoo-kill: {_seen[0]} changes", file=sys.stderr))
 """
+
+
+def kill_env(roots, kill_at: int, scratch: str = "") -> dict[str, str]:
+    """The environment of a child running KILL_BEFORE_NTH_CHANGE: this one's, watching ``roots``."""
+    return {**os.environ, "ZOO_KILL_ROOTS": os.pathsep.join(map(str, roots)), "ZOO_KILL_SCRATCH": scratch,
+            "ZOO_KILL_AT": str(kill_at)}
+
+
+def changes_counted(stderr: str) -> int:
+    """The number of changes a child run with K = 0 reported."""
+    return int(re.search(r"zoo-kill: (\d+) changes", stderr).group(1))

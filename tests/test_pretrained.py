@@ -21,7 +21,7 @@ from zoo.weights.download import file_sha256
 from zoo.registry import DEFAULT_REGISTRY, load_registry
 from zoo.weights.pretrained import WeightsError
 
-from .helpers import KILL_BEFORE_NTH_CHANGE
+from .helpers import KILL_BEFORE_NTH_CHANGE, kill_env
 from .servers import FileServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,8 +282,7 @@ def test_a_first_load_killed_with_sigkill_leaves_the_cache_absent_or_whole(serve
     states = []
     for kill_at in range(1, 200):
         child = subprocess.run([sys.executable, "-c", KILLED_LOAD], capture_output=True, timeout=600,
-                               env={**os.environ, **env, "ZOO_CACHE": str(cache), "ZOO_KILL_ROOTS": str(cache),
-                                    "ZOO_KILL_SCRATCH": "/.rebuild-", "ZOO_KILL_AT": str(kill_at)})
+                               env={**kill_env([cache], kill_at, scratch="/.rebuild-"), **env, "ZOO_CACHE": str(cache)})
         finished = child.returncode == 0
         assert finished or child.returncode == -9, child.stderr.decode()[-2000:]
         state = _cache_state(cache, entry)

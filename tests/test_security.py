@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo.convert import ConversionError, convert, load, verify
 from zoo.convert.checks import memory_budget
 
-from .helpers import KILL_BEFORE_NTH_CHANGE, make_model, small_convnet, tensor
+from .helpers import KILL_BEFORE_NTH_CHANGE, kill_env, make_model, small_convnet, tensor
 
 MARKER = "/tmp/zoo-pwned-marker"
 PAYLOADS = [
@@ -677,8 +677,7 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
     for kill_at in range(1, 200):
         child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name],
                                cwd=root, capture_output=True, timeout=600,
-                               env={**os.environ, "ZOO_KILL_ROOTS": os.pathsep.join([str(out), str(models)]),
-                                    "ZOO_KILL_SCRATCH": "/.build-", "ZOO_KILL_AT": str(kill_at)})
+                               env=kill_env([out, models], kill_at, scratch="/.build-"))
         finished = child.returncode == 0
         assert finished or child.returncode == -9, child.stderr.decode()[-2000:]
         recover(out)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from zoo.publish.hub import save_pretrained
 from zoo.tasks.evaluate import Tally, class_indices, wilson_interval
 
 from .conftest import randomize_
-from .helpers import KILL_BEFORE_NTH_CHANGE
+from .helpers import KILL_BEFORE_NTH_CHANGE, changes_counted, kill_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = list("abcdef")
@@ -313,7 +311,8 @@ raise SystemExit(main(sys.argv[1:]))
 
 def test_predict_killed_at_chosen_steps_then_rerun_equals_one_clean_run(tuned, tmp_path):
     """SIGKILL just before a chosen change to the table's files (the first, two in the middle of the parts, the
-    last three: the merge); the table is never half there, and the rerun redoes only what was not done: the same table."""
+    last three: the merge); the table is never half there, and the rerun redoes only what was not done: the
+    same table."""
     images = tmp_path / "many"
     for i in range(24):
         noise(images / f"{i:03d}.png", 1000 + i, size=(SIZE, SIZE))
@@ -321,13 +320,12 @@ def test_predict_killed_at_chosen_steps_then_rerun_equals_one_clean_run(tuned, t
             "--batch-size", "2", "--part-size", "2", "--workers", "0", "--top", "3"]
 
     def child(out: Path, kill_at: int) -> subprocess.CompletedProcess:
-        env = {**os.environ, "ZOO_KILL_ROOTS": str(out), "ZOO_KILL_AT": str(kill_at)}
         return subprocess.run([sys.executable, "-c", KILLED_PREDICT, *args, "--out", str(out)], capture_output=True,
-                              text=True, timeout=300, env=env)
+                              text=True, timeout=300, env=kill_env([out], kill_at))
 
     clean = child(tmp_path / "clean.csv", 0)
     assert clean.returncode == 0, clean.stderr
-    changes = int(re.search(r"zoo-kill: (\d+) changes", clean.stderr).group(1))
+    changes = changes_counted(clean.stderr)
     table = (tmp_path / "clean.csv").read_text()
     assert len(table.splitlines()) == 25 and changes > 12  # 12 parts at least, each a change
     for kill_at in sorted({1, changes // 2, changes // 2 + 1, changes - 2, changes - 1, changes}):
@@ -337,7 +335,7 @@ def test_predict_killed_at_chosen_steps_then_rerun_equals_one_clean_run(tuned, t
         assert not out.exists() or out.read_text() == table, f"kill {kill_at}: a half-written table"
         rerun = child(out, 0)
         assert rerun.returncode == 0, (kill_at, rerun.stderr)
-        redone = int(re.search(r"zoo-kill: (\d+) changes", rerun.stderr).group(1))
+        redone = changes_counted(rerun.stderr)
         # What was done before the kill is not done again: at most the interrupted part (mkdir, write, rename).
         assert redone <= changes - (kill_at - 1) + 3, (kill_at, redone, changes)
         assert out.read_text() == table, kill_at
