@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 import zipfile
@@ -210,7 +211,7 @@ def _result(problem: str) -> tuple[bool, str]:
 # Linux's VmHWM (peak RSS of this process, file-backed pages included) rather than ru_maxrss: a child started
 # by vfork inherits its parent's ru_maxrss, which would hide the conversion's own peak under the parent's.
 _CONVERT_ONCE = """
-import sys, tempfile, time
+import sys, time
 from zoo.convert import convert, shapes
 def peak_kb():
     with open("/proc/self/status") as f:
@@ -219,7 +220,7 @@ probes, probe = [], shapes.probe
 shapes.probe = lambda *a: probes.append(1) or probe(*a)
 base = peak_kb()
 start = time.perf_counter()
-convert(sys.argv[1], tempfile.mkdtemp())
+convert(sys.argv[1], sys.argv[2])
 print(time.perf_counter() - start, base, peak_kb(), len(probes))
 """
 
@@ -238,8 +239,9 @@ class Conversion:
 
 def measure_conversion(path: Path) -> Conversion:
     """Time and peak RSS of ``zoo.convert.convert`` on ``path`` in a fresh process (Linux)."""
-    out = subprocess.run([sys.executable, "-c", _CONVERT_ONCE, str(path)], capture_output=True, text=True,
-                         check=True).stdout.split()
+    with tempfile.TemporaryDirectory(prefix="zoo-measure-") as tmp:  # a VGG-19 conversion writes 548 MB
+        out = subprocess.run([sys.executable, "-c", _CONVERT_ONCE, str(path), tmp], capture_output=True, text=True,
+                             check=True).stdout.split()
     return Conversion(float(out[0]), int(out[1]) / 1024, int(out[2]) / 1024, int(out[3]) > 0)
 
 
