@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..convert.api import write_atomically
 from ..modeling.preprocess import imagenet_classes, imagenet_wnids, labels, resized, transforms
-from .images import decode, read_image
+from .images import batch_size_for, decode, read_image
 from .running import add_model_args, check_sizes, load_model, resolve_device
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
@@ -195,9 +195,8 @@ def _subset(count: int, limit: int | None) -> list[int]:
 
 
 def evaluate(model, data: str | Path | Dataset, *, transform: Callable | None = None, crop: int | None = None,
-             batch_size: int = 64,
-             workers: int = 0, limit: int | None = None, device: str | torch.device = "cpu", confused: int = 10,
-             progress: bool = True) -> Evaluation:
+             batch_size: int | None = None, workers: int = 0, limit: int | None = None,
+             device: str | torch.device = "cpu", confused: int = 10, progress: bool = True) -> Evaluation:
     """Top-1 and top-5 accuracy of a zoo model over labelled images.
 
     data: an ImageFolder root (one folder per class: WordNet ids or class names for ImageNet-1k models, the
@@ -206,6 +205,7 @@ def evaluate(model, data: str | Path | Dataset, *, transform: Callable | None = 
     transform: default ``zoo.transforms(model, crop=crop)``, the model's own preprocessing (``crop``: another
         input size, the resize scaled with it).
     limit: evaluate this many images, spread evenly over the data. Unreadable files are left out and listed.
+    batch_size: default 8 on the CPU (faster there than 64: scripts/bench_predict.py), 64 on a GPU.
     """
     device = torch.device(device) if not isinstance(device, torch.device) else device
     names = labels(model)
@@ -226,7 +226,8 @@ def evaluate(model, data: str | Path | Dataset, *, transform: Callable | None = 
         targets = class_indices(folder.classes, names, where)
         dataset = _Labelled([(path, targets[t]) for path, t in folder.samples], preprocess)
     dataset = torch.utils.data.Subset(dataset, _subset(len(dataset), limit))
-    batches = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    batches = DataLoader(dataset, batch_size=batch_size_for(device, batch_size), num_workers=workers,
+                         collate_fn=_collate)
     model = model.eval().to(device)
     tally, unreadable = Tally(names), []
     start = time.perf_counter()

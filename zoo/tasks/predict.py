@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..modeling.preprocess import labels, transforms
-from .images import find_images, loader
+from .images import batch_size_for, find_images, loader
 from .tables import EMBEDDING, Table, sort_rows
 
 PART_SIZE = 4096
@@ -110,12 +110,13 @@ def _infer(model, paths: Sequence[str], head: Head, transform: Callable, *, devi
     return rows
 
 
-def run_table(model, inputs: Sequence[str], head: Head, *, transform: Callable | None, out, device, batch_size: int,
-              workers: int, half: bool, channels_last: bool, part_size: int, progress: bool,
+def run_table(model, inputs: Sequence[str], head: Head, *, transform: Callable | None, out, device,
+              batch_size: int | None, workers: int, half: bool, channels_last: bool, part_size: int, progress: bool,
               engine: Callable | None = None) -> list[dict[str, Any]]:
     """Rows for every input path (missing ones as error rows), skipping those ``out`` already has."""
     paths, missing = find_images(inputs)
     device = torch.device(device) if not isinstance(device, torch.device) else device
+    batch_size = batch_size_for(device, batch_size)
     table = Table(out, head.columns, embedding=head.names is None) if out is not None else None
     done = {row["path"] for row in table.done()} if table is not None else set()
     todo = [p for p in paths if p not in done]
@@ -139,7 +140,7 @@ def run_table(model, inputs: Sequence[str], head: Head, *, transform: Callable |
 
 
 def predict(model, inputs: Sequence[str | Path], *, top: int = 5, out: str | Path | None = None,
-            transform: Callable | None = None, device: str | torch.device = "cpu", batch_size: int = 64,
+            transform: Callable | None = None, device: str | torch.device = "cpu", batch_size: int | None = None,
             workers: int = 0, half: bool = False, channels_last: bool = False, part_size: int = PART_SIZE,
             progress: bool = True) -> list[dict[str, Any]]:
     """Classify images: one row per image, ``{"path", "error", "label_1", "prob_1", ..., "label_K", "prob_K"}``
@@ -150,6 +151,7 @@ def predict(model, inputs: Sequence[str | Path], *, top: int = 5, out: str | Pat
     out: also write the table to a .csv, .jsonl or .parquet file, in parts: a rerun with the same ``out`` skips
         the images it already holds (resuming a killed run) and returns the whole table.
     transform: default ``zoo.transforms(model)``. half/channels_last: float16 (CUDA) and channels-last memory.
+    batch_size: default 8 on the CPU (faster there than 64: scripts/bench_predict.py), 64 on a GPU.
     """
     names = labels(model)
     if top < 1:
@@ -161,7 +163,7 @@ def predict(model, inputs: Sequence[str | Path], *, top: int = 5, out: str | Pat
 
 
 def embed(model, inputs: Sequence[str | Path], *, out: str | Path | None = None, transform: Callable | None = None,
-          device: str | torch.device = "cpu", batch_size: int = 64, workers: int = 0, half: bool = False,
+          device: str | torch.device = "cpu", batch_size: int | None = None, workers: int = 0, half: bool = False,
           channels_last: bool = False, part_size: int = PART_SIZE, progress: bool = True) -> list[dict[str, Any]]:
     """Pooled features (the model with ``num_classes=0``): one row per image, ``{"path", "error", "embedding"}``
     with a float32 vector (None for an unreadable file). out: .parquet, .jsonl, or .npy (one row per image, NaN
