@@ -95,3 +95,7 @@ def test_ray_embed_and_the_cli(cluster, tuned, images, tmp_path, capsys):  # noq
                  "--batch-size", "4", "--out", str(out), "--ray"])
     assert code == 1 and "broken.png" in capsys.readouterr().err  # an error row: exit 1, the table written
     _same(zoo.predict(model, some, top=3, out=out, progress=False), zoo.predict(model, some, top=3, progress=False))
+    default = tmp_path / "default.jsonl"  # no --batch-size: --ray keeps batches of 64 (zoo.tasks.ray.BATCH_SIZE)
+    assert main(["predict", "squeezenet1_1", *map(str, some), "--weights", str(tuned), "--top", "3",
+                 "--out", str(default), "--ray"]) == 1
+    _same(zoo.predict(model, some, top=3, out=default, progress=False), zoo.predict(model, some, top=3, progress=False))

@@ -82,7 +82,8 @@ def _parser(subparsers, command: str, help: str) -> argparse.ArgumentParser:
                         help=f"rows per part file of --out (default {PART_SIZE}): a killed run loses at most one")
     parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                         help="run on Ray Data: a cluster's ADDRESS (e.g. ray://head:10001 or auto), or none to "
-                             "start a local one; needs pip install 'onnx-zoo-torch[ray]'")
+                             "start a local one; batches of 64 unless --batch-size says otherwise; needs "
+                             "pip install 'onnx-zoo-torch[ray]'")
     parser.add_argument("--actors", type=int, default=1, help="with --ray: model copies (actors) (default 1)")
     parser.set_defaults(run=_run, top=5)
     return parser

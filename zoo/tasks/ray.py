@@ -19,12 +19,15 @@ except ImportError as exc:  # an optional extra
     raise ImportError("--ray needs Ray Data: pip install 'onnx-zoo-torch[ray]'") from exc
 
 from ..modeling.preprocess import labels, transforms
-from .images import batch_size_for, decode
+from .images import decode
 from .predict import EMBEDDING, PART_SIZE, Head, features_model, run_table
 from .tables import Table
 
 DECODE_CPUS = 0.5
 MAX_BLOCKS = 4096
+# Unlike the in-process path, Ray Data pays for every batch (a task, a block, serializing it): on the CPU,
+# batch 8 ran at 0.7x of 64 (scripts/bench_predict.py), so 64 stays the default here.
+BATCH_SIZE = 64
 
 
 def _decode(batch: dict[str, np.ndarray], transform: Callable) -> dict[str, np.ndarray]:
@@ -85,7 +88,7 @@ def _rows(batch: dict[str, np.ndarray], columns: Sequence[str]) -> list[dict[str
     return rows
 
 
-def _engine(model, transform: Callable, *, address: str | None, actors: int, batch_size: int | None, part_size: int,
+def _engine(model, transform: Callable, *, address: str | None, actors: int, batch_size: int, part_size: int,
             progress: bool):
     def run(paths: Sequence[str], head: Head, table: Table | None) -> list[dict[str, Any]]:
         if not ray.is_initialized():
@@ -96,19 +99,18 @@ def _engine(model, transform: Callable, *, address: str | None, actors: int, bat
         ray.data.DataContext.get_current().enable_progress_bars = progress
         resources = ray.cluster_resources()
         gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-        images_per_batch = batch_size_for(torch.device("cuda" if gpus else "cpu"), batch_size)
         if resources.get("CPU", 0) < actors + DECODE_CPUS:
             raise ValueError(f"--actors {actors}: the Ray cluster has {resources.get('CPU', 0):g} CPUs; each actor "
                              f"takes one and decoding needs {DECODE_CPUS} more")
         # About one block per batch (at most MAX_BLOCKS): every decoding task and every actor gets work.
-        blocks = max(1, min(MAX_BLOCKS, -(-len(paths) // images_per_batch)))
+        blocks = max(1, min(MAX_BLOCKS, -(-len(paths) // batch_size)))
         dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         # Decoding asks for less than a whole CPU, the model for one (or a GPU): unlike resources keep Ray Data
         # from fusing the two stages, so files are decoded by tasks anywhere in the cluster, not by the actors.
-        dataset = dataset.map_batches(_decode, fn_kwargs={"transform": transform}, batch_size=images_per_batch,
+        dataset = dataset.map_batches(_decode, fn_kwargs={"transform": transform}, batch_size=batch_size,
                                       batch_format="numpy", num_cpus=DECODE_CPUS)
         dataset = dataset.map_batches(_Model, fn_constructor_kwargs={"model": model, "head": head},
-                                      batch_size=images_per_batch, batch_format="numpy",
+                                      batch_size=batch_size, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1, num_gpus=gpus)
         rows: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = []
@@ -124,7 +126,7 @@ def _engine(model, transform: Callable, *, address: str | None, actors: int, bat
 
 
 def predict(model, inputs: Sequence[str], *, top: int = 5, out=None, address: str | None = None, actors: int = 1,
-            batch_size: int | None = None, part_size: int = PART_SIZE, transform: Callable | None = None,
+            batch_size: int = BATCH_SIZE, part_size: int = PART_SIZE, transform: Callable | None = None,
             progress: bool = True) -> list[dict[str, Any]]:
     """:func:`zoo.predict` on Ray Data: the same rows. address: a running cluster (``auto``, ``ray://host:10001``)
     or None for a local one (an already initialized Ray is used as it is); actors: model copies."""
@@ -139,7 +141,7 @@ def predict(model, inputs: Sequence[str], *, top: int = 5, out=None, address: st
 
 
 def embed(model, inputs: Sequence[str], *, out=None, address: str | None = None, actors: int = 1,
-          batch_size: int | None = None, part_size: int = PART_SIZE, transform: Callable | None = None,
+          batch_size: int = BATCH_SIZE, part_size: int = PART_SIZE, transform: Callable | None = None,
           progress: bool = True) -> list[dict[str, Any]]:
     """:func:`zoo.embed` on Ray Data: the same rows."""
     transform = transform or transforms(model)
@@ -155,6 +157,8 @@ def run(model, paths: Sequence[str], *, embedding: bool, top: int, address: str,
     """The CLI's --ray."""
     if actors < 1:
         raise ValueError(f"--actors must be at least 1, got {actors}")
+    if options.get("batch_size") is None:
+        options["batch_size"] = BATCH_SIZE
     if embedding:
         return embed(model, paths, address=address, actors=actors, **options)
     return predict(model, paths, top=top, address=address, actors=actors, **options)
