@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from zoo.publish.hub import save_pretrained
 from zoo.tasks.evaluate import Tally, class_indices, wilson_interval
 
 from .conftest import randomize_
-from .helpers import KILL_BEFORE_NTH_CHANGE, changes_counted, kill_env
+from .helpers import KILL_BEFORE_NTH_CHANGE, changes_counted, kill_env, script
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = list("abcdef")
@@ -338,6 +339,18 @@ def test_every_batch_job_defaults_to_batch_8_on_the_cpu(tuned, labelled, tmp_pat
         zoo.predict(model, [labelled], batch_size=0, progress=False)
     assert main(["predict", "squeezenet1_1", str(labelled), *weights, "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_predict_times_every_path_in_rotated_rounds(tmp_path):
+    """The script README's prediction-speed table comes from: every path, each round, order rotated."""
+    out = tmp_path / "bench.json"
+    assert script("bench_predict").main(["--images", "6", "--batch-sizes", "2", "4", "--repeat", "2", "--no-ray",
+                                         "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 1 + 2 * 2 * 2  # one at a time, then batch x workers x memory format
+    assert results[0]["run"].startswith("one at a time") and "batch 4, 2 workers, channels-last" in results[-1]["run"]
+    for r in results:
+        assert len(r["rounds"]) == 2 and r["images_per_s"] == pytest.approx(6 / statistics.median(r["rounds"]))
 
 
 KILLED_PREDICT = KILL_BEFORE_NTH_CHANGE + """
