@@ -6,8 +6,8 @@
 - "one at a time": the loop `zoo predict` ran before batching (open, preprocess, one forward per image);
 - zoo.predict in this process (workers=0) and with DataLoader workers decoding in parallel, at each batch size,
   in PyTorch's default memory format and channels-last;
-- zoo.tasks.ray.predict on a local Ray cluster with 1 and then 2 model actors (skipped without the ray extra),
-  whose times include starting the actors.
+- zoo.tasks.ray.predict on a local Ray cluster with 1 and then 2 model actors at each batch size (skipped
+  without the ray extra), whose times include starting the actors.
 The model has its default (random) initialization: speed does not depend on weight values. Every path runs
 once untimed on one batch first (allocator, kernels, worker start-up code paths); then --repeat rounds, each
 timing every path once in a rotated order, so load that comes and goes is spread over all rows. A row's
