@@ -164,11 +164,9 @@ def onnx2pytorch_loader(path: Path):
 
 def onnxruntime_loader(path: Path):
     """The reference executor in the same harness: what a faithful conversion could reach at best."""
-    import onnxruntime as ort
+    from zoo.convert import reference
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = reference.session(path)
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):

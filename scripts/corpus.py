@@ -128,9 +128,9 @@ def fetch(entry: Entry, cache: Path = DEFAULT_CACHE) -> Path:
 
 
 def feeds(path: Path, entry: Entry, run: int) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from zoo.convert import reference
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = reference.session(path)
     rng = np.random.default_rng(run)
     out = {}
     for i in session.get_inputs():
@@ -143,10 +143,11 @@ def feeds(path: Path, entry: Entry, run: int) -> dict[str, np.ndarray]:
 
 def check(module, path: Path, entry: Entry) -> str:
     """'' when every output matches onnxruntime on every run and the module back-propagates, else why not."""
-    import onnxruntime as ort
     import torch
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from zoo.convert import reference
+
+    session = reference.session(path)
     names = [i.name for i in session.get_inputs()]
     module.eval()  # onnx2torch hands its module back in training mode
     worst = 0.0

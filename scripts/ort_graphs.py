@@ -228,10 +228,9 @@ def transformer_graphs(root: Path) -> dict[str, Made]:
 def session(path: Path) -> ort.InferenceSession:
     """One intra-op thread: onnxruntime's quantized LSTM quantizes its hidden state per batch chunk, and the
     chunks follow the thread count (one thread, one chunk: what the generated code does)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from zoo.convert import reference
+
+    return reference.session(path, threads=1)
 
 
 def feeds(sess: ort.InferenceSession, run: int) -> dict[str, np.ndarray]:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torchvision
 from onnx import TensorProto, helper, numpy_helper
 
-from zoo.convert import load, verify
+from zoo.convert import load, reference, verify
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -66,8 +65,7 @@ def small_convnet(path: Path, opset: int = 13) -> Path:
 
 def run_onnxruntime(path, feeds: dict) -> list[np.ndarray]:
     """Every graph output of the ONNX file (a path or serialized bytes), as onnxruntime computes it on CPU."""
-    source = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return reference.session(path).run(None, feeds)
 
 
 def assert_outputs_match(got, expected, rtol: float = 1e-5, atol: float = 1e-5) -> None:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from zoo.convert import ConversionError, load, verify
+from zoo.convert import ConversionError, load, reference, verify
 
 from .conftest import export, randomize_
 from .helpers import script, small_convnet
@@ -161,8 +160,7 @@ def _one_node(tmp_path, op, names, values, attrs, domain="com.microsoft"):
         proto.ir_version = 8
         return proto.SerializeToString()
 
-    expected = ort.InferenceSession(model(helper.make_empty_tensor_value_info("y")),
-                                    providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    expected = reference.session(model(helper.make_empty_tensor_value_info("y"))).run(None, feeds)[0]
     path = tmp_path / f"{op}.onnx"
     path.write_bytes(model(helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(expected.dtype),
                                                          expected.shape)))

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
-from zoo.convert import load
+from zoo.convert import load, reference
 
 from .helpers import script
 
@@ -141,8 +140,7 @@ def test_contrib_node_matches_onnxruntime(tmp_path, case):
     op, inputs, attrs, outputs = NODE_CASES[case]
     path = tmp_path / f"{case}.onnx"
     feed = {n: v for n, v in inputs.items() if v is not None}
-    session = ort.InferenceSession(_node_model(op, inputs, attrs, outputs).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = reference.session(_node_model(op, inputs, attrs, outputs))
     expected = session.run(None, feed)
     onnx.save(_node_model(op, inputs, attrs, outputs, expected), str(path))
     with torch.no_grad():

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import torch
 
+from . import reference
 from .errors import ConversionError
 from .ir import BATCH, build_graph
 from .loader import load_model
@@ -63,8 +64,6 @@ class VerificationReport:
 
 
 def _ort_session(proto: onnx.ModelProto, outputs: list[str]):
-    import onnxruntime as ort
-
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -76,9 +75,7 @@ def _ort_session(proto: onnx.ModelProto, outputs: list[str]):
             model.graph.output.append(types[name])
         elif name in present or name:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return reference.session(model)
 
 
 def _random_input(shape, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
