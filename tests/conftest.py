@@ -62,20 +62,48 @@ class _Lazy(dict):
         return value
 
 
+def shared_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this run that every xdist worker sees (beside the workers' own base folders)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return root / name
+
+
+def made_once(tmp_path_factory, name: str, make):
+    """``make(folder)``'s result, computed by the first worker that asks and read back by the others: the folder
+    is filled under a lock, and the result is pickled beside it."""
+    import pickle
+
+    from filelock import FileLock
+
+    folder = shared_folder(tmp_path_factory, name)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    result = folder.parent / f"{name}.result.pickle"
+    with FileLock(str(folder.parent / f"{name}.lock")):
+        if not result.exists():
+            folder.mkdir()
+            value = make(folder)
+            result.write_bytes(pickle.dumps(value))
+            return value
+    return pickle.loads(result.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def standins(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("standins")
-    return _Lazy(lambda name: build_standin(name, root / f"{name}.onnx", seed=0))
+    return _Lazy(lambda name: made_once(tmp_path_factory, f"standin-{name}",
+                                        lambda folder: build_standin(name, folder / f"{name}.onnx", seed=0)))
 
 
 @pytest.fixture(scope="session")
 def offline_build(tmp_path_factory):
-    """(Options, results) of one offline build of every registry entry, shared by the whole run."""
+    """(Options, results) of one offline build of every registry entry, shared by the whole run. Tests read it;
+    one that rebuilds works on a copy."""
     from zoo.publish.build import Options, build
 
-    root = tmp_path_factory.mktemp("build")
-    opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
-    return opts, build(opts)
+    def make(root):
+        opts = Options(out=root / "out", offline=True, models_dir=root / "models", jobs=2)
+        return opts, build(opts)
+    return made_once(tmp_path_factory, "build", make)
 
 
 @pytest.fixture(scope="session")
@@ -99,10 +127,10 @@ def cut_standins(standins, tmp_path_factory):
     """Each registry entry's stand-in cut at its logits and flattened to (N, classes), as the build does."""
     from zoo.weights.conversion import prepare_graph
 
-    root = tmp_path_factory.mktemp("cut")
     registry = load_registry()
 
     def make(name):
         entry = registry[name]
-        return prepare_graph(standins[entry.source.standin], entry.logits, root / f"{name}.onnx")
+        return made_once(tmp_path_factory, f"cut-{name}",
+                         lambda folder: prepare_graph(standins[entry.source.standin], entry.logits, folder / f"{name}.onnx"))
     return _Lazy(make)

@@ -131,12 +131,27 @@ def export_and_compare(arch: str, path: Path, opset: int = 17, batch_sizes=(1, 3
 # K = $ZOO_KILL_AT. Changes inside a private scratch folder (named by a prefix in $ZOO_KILL_SCRATCH) are not
 # counted: nothing reads them; making the folder and moving a file out of it are. Killing at K = 1, 2, ... in
 # turn reaches every step, whatever the machine's speed. K = 0 kills nowhere and prints the number of changes
-# at exit ("zoo-kill: N changes" on stderr), for a test that picks its Ks from the whole run.
+# at exit ("zoo-kill: N changes" on stderr) and lists each change ("zoo-kill: K FUNCTION PATH"), for a test that
+# picks its Ks from the whole run (kill_points).
 KILL_BEFORE_NTH_CHANGE = """
 import atexit, builtins, io, os, shutil, signal, sys
-_roots = tuple(os.environ["ZOO_KILL_ROOTS"].split(os.pathsep))
-_scratch = tuple(s for s in os.environ.get("ZOO_KILL_SCRATCH", "").split(os.pathsep) if s)
-_kill_at, _seen = int(os.environ["ZOO_KILL_AT"]), [0]
+_seen, _log = [0], []
+
+
+def _kill_settings():
+    global _roots, _scratch, _kill_at
+    _roots = tuple(os.environ["ZOO_KILL_ROOTS"].split(os.pathsep))
+    _scratch = tuple(s for s in os.environ.get("ZOO_KILL_SCRATCH", "").split(os.pathsep) if s)
+    _kill_at = int(os.environ["ZOO_KILL_AT"])
+    _seen[0] = 0
+    _log.clear()
+
+
+def _kill_report():
+    return "\\n".join([*_log, f"zoo-kill: {_seen[0]} changes"])
+
+
+_kill_settings()
 
 
 def _watched(module, function, counts=lambda args, kwargs: True):
@@ -150,6 +165,7 @@ def _watched(module, function, counts=lambda args, kwargs: True):
         paths = [a for a in args[:2 if function in ("replace", "rename") else 1] if isinstance(a, (str, os.PathLike))]
         if any(visible(p) for p in paths) and counts(args, kwargs):
             _seen[0] += 1
+            _log.append(f"zoo-kill: {_seen[0]} {function} {os.fspath(paths[-1])}")
             if _seen[0] == _kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
@@ -163,8 +179,84 @@ _watched(builtins, "open", lambda args, kwargs: any(c in str(args[1] if len(args
                                                     for c in "wax+"))
 io.open = builtins.open
 if _kill_at == 0:
-    atexit.register(lambda: print(f"zoo-kill: {_seen[0]} changes", file=sys.stderr))
+    atexit.register(lambda: print(_kill_report(), file=sys.stderr))
 """
+
+# A process that runs KILL_BEFORE_NTH_CHANGE, imports zoo once, then runs the job (the code after it, with sys.argv
+# and $ZOO_KILL_AT from each request) in a forked child per request: a kill point costs the job, not a start of
+# Python and torch. One request per line on stdin (JSON: argv, kill_at, stdout and stderr paths); one exit code per
+# line back.
+_KILL_SERVER = """
+import json, traceback
+import zoo.cli, zoo.publish.build, zoo.weights.pretrained  # what every job imports; the children share it
+
+_job = compile(open(sys.argv[1]).read(), "kill-job", "exec")
+for _line in sys.stdin:
+    _request = json.loads(_line)
+    _pid = os.fork()
+    if _pid == 0:
+        for _fd, _name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(_request[_name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), _fd)
+        os.environ["ZOO_KILL_AT"] = str(_request["kill_at"])
+        _kill_settings()
+        sys.argv = ["-c", *_request["argv"]]
+        _code = 0
+        try:
+            exec(_job, {"__name__": "__main__"})
+        except SystemExit as e:
+            _code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            _code = 1
+        if _kill_at == 0:
+            print(_kill_report(), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_code)
+    _, _status = os.waitpid(_pid, 0)
+    print(os.waitstatus_to_exitcode(_status), flush=True)
+"""
+
+
+class KillRunner:
+    """KILL_BEFORE_NTH_CHANGE's children, forked from one process that imported zoo once (a start of Python and
+    torch is most of a small job's time). ``run(K, *argv)`` runs ``job`` (Python source) killed before its K-th
+    change, and gives a CompletedProcess (returncode -9 when killed, stderr as text). Use it as a context manager."""
+
+    def __init__(self, job: str, roots, scratch: str = "", env: dict | None = None, cwd=None):
+        import subprocess
+        import tempfile
+
+        self._folder = Path(tempfile.mkdtemp(prefix="zoo-kill-"))
+        (self._folder / "job.py").write_text(job)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", KILL_BEFORE_NTH_CHANGE + _KILL_SERVER, str(self._folder / "job.py")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=cwd,
+            env={**kill_env(roots, 0, scratch), **(env or {})})
+        self._runs = 0
+
+    def run(self, kill_at: int, *argv: str):
+        import json
+        import subprocess
+
+        self._runs += 1
+        stdout, stderr = self._folder / f"stdout-{self._runs}", self._folder / f"stderr-{self._runs}"
+        self._proc.stdin.write(json.dumps({"kill_at": kill_at, "argv": list(map(str, argv)), "stdout": str(stdout),
+                                           "stderr": str(stderr)}) + "\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline()
+        assert answer, f"the kill runner died (exit {self._proc.wait()})"
+        return subprocess.CompletedProcess(argv, int(answer), stdout.read_text(), stderr.read_text())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import shutil
+
+        self._proc.stdin.close()
+        self._proc.wait(timeout=60)
+        shutil.rmtree(self._folder, ignore_errors=True)
 
 
 def kill_env(roots, kill_at: int, scratch: str = "") -> dict[str, str]:
@@ -176,3 +268,24 @@ def kill_env(roots, kill_at: int, scratch: str = "") -> dict[str, str]:
 def changes_counted(stderr: str) -> int:
     """The number of changes a child run with K = 0 reported."""
     return int(re.search(r"zoo-kill: (\d+) changes", stderr).group(1))
+
+
+def changes_listed(stderr: str) -> list[tuple[str, str]]:
+    """(function, path) of each change a child run with K = 0 made, in order."""
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^zoo-kill: \d+ (\w+) (.*)$", stderr, re.MULTILINE)]
+
+
+def kill_points(changes: list[tuple[str, str]], seed: int = 0, extra: int = 3) -> list[int]:
+    """The Ks a sampled kill sweep uses (1-based; the run that is not killed comes after them): the first and the
+    last change, each rename (a commit point: the change just before it and the rename itself, so that a kill lands
+    on each side of it), and ``extra`` more drawn with a fixed seed. The slow tier kills at every K instead."""
+    import random
+
+    n = len(changes)
+    points = {1, n}
+    for k, (function, _) in enumerate(changes, start=1):
+        if function in ("replace", "rename"):
+            points.update({k, k + 1} - {n + 1})
+    rest = sorted(set(range(1, n + 1)) - points)
+    points.update(random.Random(seed).sample(rest, min(extra, len(rest))))
+    return sorted(points)

@@ -73,7 +73,13 @@ def _input_name(path: Path) -> str:
 
 
 def test_rerun_skips_and_a_changed_entry_rebuilds(offline_build, tmp_path):
-    opts, _ = offline_build
+    import shutil
+
+    built, _ = offline_build
+    opts = Options(out=tmp_path / "out", offline=True, models_dir=tmp_path / "models")  # the shared build stays as is
+    shutil.copytree(built.models_dir, opts.models_dir)
+    for name in ("squeezenet1_1", "googlenet"):
+        shutil.copytree(built.out / name, opts.out / name)
     again = build(Options(out=opts.out, offline=True, models_dir=opts.models_dir, names=["squeezenet1_1", "googlenet"]))
     assert [r.status for r in again] == ["skipped", "skipped"]
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo.convert import ConversionError, convert, load, verify
 from zoo.convert.checks import memory_budget
 
-from .helpers import KILL_BEFORE_NTH_CHANGE, kill_env, make_model, small_convnet, tensor
+from .helpers import KillRunner, changes_counted, changes_listed, kill_points, make_model, small_convnet, tensor
 
 MARKER = "/tmp/zoo-pwned-marker"
 PAYLOADS = [
@@ -621,7 +621,7 @@ def _readable(t: TensorProto) -> bool:
 
 # --- kill -9 during a build ---------------------------------------------------------------------------
 
-KILLED_BUILD = KILL_BEFORE_NTH_CHANGE + """
+BUILD_JOB = """
 import sys
 from pathlib import Path
 from zoo.publish.build import Options, build
@@ -649,13 +649,13 @@ def _installed_state(out: Path, models: Path, name: str, old_source: bytes) -> s
     return "old" if source == old_source else "new"
 
 
-def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
-    """SIGKILL (no exception, no finally) a build in a child process before each of its changes to the output in
-    turn: after recovery the model's source and output folder are the old pair or the new pair, whole; the next
-    run completes."""
+@pytest.mark.parametrize("sweep", ["sampled", pytest.param("every", marks=pytest.mark.slow)])
+def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path, sweep):
+    """SIGKILL (no exception, no finally) a build in a child process before a change to the output (each change
+    in turn in the slow tier; the first, the last, both sides of each rename and a seeded few otherwise): after
+    recovery the model's source and output folder are the old pair or the new pair, whole; the next run
+    completes."""
     import shutil
-    import subprocess
-    import sys
 
     import yaml
 
@@ -672,30 +672,37 @@ def test_a_build_killed_with_sigkill_leaves_each_model_old_or_new(tmp_path):
     data["models"][name]["source"]["file"] = "squeezenet-renamed.onnx"  # changes the generated header
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump(data))
+
+    def restore_old():
+        shutil.rmtree(out)
+        shutil.rmtree(models)
+        shutil.copytree(tmp_path / "old-out", out)
+        shutil.copytree(tmp_path / "old-models", models)
+
     root = Path(__file__).resolve().parents[1]
-    outcomes = []
-    for kill_at in range(1, 200):
-        child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(out), str(models), str(registry), name],
-                               cwd=root, capture_output=True, timeout=600,
-                               env=kill_env([out, models], kill_at, scratch="/.build-"))
-        finished = child.returncode == 0
-        assert finished or child.returncode == -9, child.stderr.decode()[-2000:]
-        recover(out)
-        state = _installed_state(out, models, name, old_source)
-        assert not [p for p in out.iterdir() if p.name.startswith(".")], sorted(p.name for p in out.iterdir())
-        outcomes.append(state)
-        if finished:
-            break
-        if state == "new":  # back to the old pair, so that later kills interrupt a real install again
-            shutil.rmtree(out)
-            shutil.rmtree(models)
-            shutil.copytree(tmp_path / "old-out", out)
-            shutil.copytree(tmp_path / "old-models", models)
-    # Kills before the commit point roll back to the old pair, kills after it roll forward to the new one, and
-    # the run that was not killed installs the new pair.
-    assert finished and outcomes[-1] == "new", outcomes
-    assert outcomes[0] == "old" and "new" in outcomes[:-1], outcomes
-    assert outcomes[:-1] == sorted(outcomes[:-1], key=["old", "new"].index), outcomes  # one switch, at the commit
+    argv = (out, models, registry, name)
+    with KillRunner(BUILD_JOB, [out, models], scratch="/.build-", cwd=root) as runner:
+        clean = runner.run(0, *argv)  # not killed: it counts and lists its changes
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        assert _installed_state(out, models, name, old_source) == "new"
+        changes = changes_listed(clean.stderr)
+        assert len(changes) == changes_counted(clean.stderr) > 10
+        points = range(1, len(changes) + 1) if sweep == "every" else kill_points(changes)
+        outcomes = []
+        for kill_at in points:
+            restore_old()  # each kill interrupts a real install of the new pair over the old one
+            child = runner.run(kill_at, *argv)
+            assert child.returncode == -9, (kill_at, child.stderr[-2000:])
+            recover(out)
+            outcomes.append(_installed_state(out, models, name, old_source))
+            assert not [p for p in out.iterdir() if p.name.startswith(".")], sorted(p.name for p in out.iterdir())
+        # the next run after the last kill completes and installs the new pair
+        assert runner.run(0, *argv).returncode == 0
+    assert _installed_state(out, models, name, old_source) == "new"
+    # Kills before the commit point roll back to the old pair, kills after it roll forward to the new one.
+    assert outcomes[0] == "old" and "new" in outcomes, outcomes
+    assert outcomes == sorted(outcomes, key=["old", "new"].index), outcomes  # one switch, at the commit
+    print(f"{sweep}: killed at {list(points)} of {len(changes)} changes: {outcomes}")
     again = build(Options(out=out, offline=True, models_dir=models, registry=registry, names=[name]))
     assert again[0].status == "skipped"  # the killed runs left nothing that makes the finished one look stale
     assert b"squeezenet-renamed.onnx" in (models / f"{name}.py").read_bytes()

@@ -23,7 +23,7 @@ from zoo.publish.hub import save_pretrained
 from zoo.tasks.evaluate import Tally, class_indices, wilson_interval
 
 from .conftest import randomize_
-from .helpers import KILL_BEFORE_NTH_CHANGE, changes_counted, kill_env, script
+from .helpers import KillRunner, changes_counted, script
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = list("abcdef")
@@ -353,7 +353,8 @@ def test_bench_predict_times_every_path_in_rotated_rounds(tmp_path):
         assert len(r["rounds"]) == 2 and r["images_per_s"] == pytest.approx(6 / statistics.median(r["rounds"]))
 
 
-KILLED_PREDICT = KILL_BEFORE_NTH_CHANGE + """
+PREDICT_JOB = """
+import sys
 from zoo.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -369,24 +370,21 @@ def test_predict_killed_at_chosen_steps_then_rerun_equals_one_clean_run(tuned, t
     args = ["predict", "squeezenet1_1", str(images), "--weights", str(tuned),
             "--batch-size", "2", "--part-size", "2", "--workers", "0", "--top", "3"]
 
-    def child(out: Path, kill_at: int) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", KILLED_PREDICT, *args, "--out", str(out)], capture_output=True,
-                              text=True, timeout=300, env=kill_env([out], kill_at))
-
-    clean = child(tmp_path / "clean.csv", 0)
-    assert clean.returncode == 0, clean.stderr
-    changes = changes_counted(clean.stderr)
-    table = (tmp_path / "clean.csv").read_text()
-    assert len(table.splitlines()) == 25 and changes > 12  # 12 parts at least, each a change
-    for kill_at in sorted({1, changes // 2, changes // 2 + 1, changes - 2, changes - 1, changes}):
-        out = tmp_path / f"killed-{kill_at}.csv"
-        killed = child(out, kill_at)
-        assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr)
-        assert not out.exists() or out.read_text() == table, f"kill {kill_at}: a half-written table"
-        rerun = child(out, 0)
-        assert rerun.returncode == 0, (kill_at, rerun.stderr)
-        redone = changes_counted(rerun.stderr)
-        # What was done before the kill is not done again: at most the interrupted part (mkdir, write, rename).
-        assert redone <= changes - (kill_at - 1) + 3, (kill_at, redone, changes)
-        assert out.read_text() == table, kill_at
-        assert not out.with_name(out.name + ".parts").exists(), kill_at
+    with KillRunner(PREDICT_JOB, [tmp_path / "table-"]) as runner:  # a prefix: every table below and its parts
+        clean = runner.run(0, *args, "--out", tmp_path / "table-clean.csv")
+        assert clean.returncode == 0, clean.stderr
+        changes = changes_counted(clean.stderr)
+        table = (tmp_path / "table-clean.csv").read_text()
+        assert len(table.splitlines()) == 25 and changes > 12  # 12 parts at least, each a change
+        for kill_at in sorted({1, changes // 2, changes // 2 + 1, changes - 2, changes - 1, changes}):
+            out = tmp_path / f"table-killed-{kill_at}.csv"
+            killed = runner.run(kill_at, *args, "--out", out)
+            assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr)
+            assert not out.exists() or out.read_text() == table, f"kill {kill_at}: a half-written table"
+            rerun = runner.run(0, *args, "--out", out)
+            assert rerun.returncode == 0, (kill_at, rerun.stderr)
+            redone = changes_counted(rerun.stderr)
+            # What was done before the kill is not done again: at most the interrupted part (mkdir, write, rename).
+            assert redone <= changes - (kill_at - 1) + 3, (kill_at, redone, changes)
+            assert out.read_text() == table, kill_at
+            assert not out.with_name(out.name + ".parts").exists(), kill_at
