@@ -1,9 +1,12 @@
 """Tiny ONNX graphs built in tests, torchvision exports, and the one way tests compare outputs."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import re
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -61,6 +64,35 @@ def small_convnet(path: Path, opset: int = 13) -> Path:
     ]
     make_model(nodes, [tensor("x", ["batch", 3, 8, 8])], [tensor("y", ["batch", 5])], inits, opset=opset, path=path)
     return path
+
+
+def in_process(main, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command-line entry point's ``main(argv)`` run in this process, as a subprocess would report it: the exit
+    code (SystemExit included), stdout and stderr as text; ``env`` holds for the call only. A subprocess pays a
+    start of Python and torch per call; test_cli.py keeps one real process per entry point."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse and sys.exit("message"), as the interpreter would end them
+                if isinstance(e.code, str):
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code or 0, out.getvalue(), err.getvalue())
+
+
+def zoo_cli(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``zoo ARGS`` in this process (in_process)."""
+    from zoo.cli import main
+
+    return in_process(main, *args, env=env)
 
 
 def run_onnxruntime(path, feeds: dict) -> list[np.ndarray]:
@@ -289,3 +321,32 @@ def kill_points(changes: list[tuple[str, str]], seed: int = 0, extra: int = 3) -
     rest = sorted(set(range(1, n + 1)) - points)
     points.update(random.Random(seed).sample(rest, min(extra, len(rest))))
     return sorted(points)
+
+
+# The `tuned` fixture (conftest): a fine-tuned folder of a seeded 6-class SqueezeNet at 32 px, labels a-f.
+TUNED_SIZE, TUNED_LABELS = 32, list("abcdef")
+
+
+def finetuned_folder(folder: Path) -> Path:
+    """Save the `tuned` model (TUNED_SIZE, TUNED_LABELS) as a fine-tuned folder (config.json) and return it."""
+    import zoo
+    from zoo.modeling.preprocess import resized
+    from zoo.publish.hub import save_pretrained
+
+    model = randomize_(zoo.squeezenet1_1(num_classes=len(TUNED_LABELS)), seed=1)
+    with torch.no_grad():
+        model.get_classifier().bias += 50.0  # no class sits at the ReLU's zero: every image has a strict ranking
+    model.pretrained_cfg.update(input_size=[3, TUNED_SIZE, TUNED_SIZE], labels=TUNED_LABELS,
+                                preprocessing=resized(model.pretrained_cfg["preprocessing"], TUNED_SIZE))
+    save_pretrained(model, folder)
+    return folder
+
+
+def noise(path: Path, seed: int, size=(40, 36)) -> Path:
+    """An image of seeded noise at ``path`` (its folders made)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path

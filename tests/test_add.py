@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from tests.helpers import zoo_cli
 from tests.servers import FileServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,10 @@ def run(*args, env, check=True) -> subprocess.CompletedProcess:
 
 
 def zoo(*args, env, check=True) -> subprocess.CompletedProcess:
-    return run("-m", "zoo", *args, env=env, check=check)
+    done = zoo_cli(*args, env=env)
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -15,7 +13,13 @@ from safetensors.torch import load_file
 import zoo.convert as zc
 from zoo.convert import ConversionError, convert, layers, load, register_op, verify
 
-from .helpers import make_model, small_convnet, tensor
+from .helpers import in_process, make_model, small_convnet, tensor
+
+
+def convert_cli(*args):
+    from zoo.convert.cli import main
+
+    return in_process(main, *args)
 
 
 def test_convert_writes_module_and_matching_safetensors(tmp_path):
@@ -235,15 +239,12 @@ def test_failed_conversion_keeps_previous_files(tmp_path):
 
 def test_cli_converts_and_verifies(tmp_path):
     path = small_convnet(tmp_path / "tiny.onnx")
-    done = subprocess.run([sys.executable, "-m", "zoo.convert", str(path), "-o", str(tmp_path / "out"), "--verify"],
-                          capture_output=True, text=True, timeout=300)
+    done = convert_cli(path, "-o", tmp_path / "out", "--verify")
     assert done.returncode == 0, done.stderr
     assert "parameters: 137" in done.stdout and "tiny.safetensors" in done.stdout and "=> OK" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "zoo.convert", str(tmp_path / "none.onnx"), "-o", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    bad = convert_cli(tmp_path / "none.onnx", "-o", tmp_path)
     assert bad.returncode == 2 and "none.onnx: no such file" in bad.stderr
-    listing = subprocess.run([sys.executable, "-m", "zoo.convert", str(path), "--layers"],
-                             capture_output=True, text=True, timeout=300)
+    listing = convert_cli(path, "--layers")
     assert listing.returncode == 0 and "Gemm" in listing.stdout and "5 nodes" in listing.stdout
 
 
@@ -295,8 +296,7 @@ def test_cli_writes_block_classes_unless_flat(standins, tmp_path):
     sources = {}
     for flag in ([], ["--flat"]):
         out = tmp_path / ("flat" if flag else "structured")
-        done = subprocess.run([sys.executable, "-m", "zoo.convert", str(standins["squeezenet"]), "-o", str(out),
-                               "--name", "sq", "--outputs", "r65", *flag], capture_output=True, text=True, timeout=300)
+        done = convert_cli(standins["squeezenet"], "-o", out, "--name", "sq", "--outputs", "r65", *flag)
         assert done.returncode == 0, done.stderr
         sources[bool(flag)] = (out / "sq.py").read_text()
     assert "class Fire(nn.Module):" in sources[False] and "self.fire2 = Fire(" in sources[False]
@@ -320,8 +320,7 @@ def test_cli_dequantize_and_batch_sizes(tmp_path):
     path = _qdq_conv(tmp_path / "q.onnx")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "zoo.convert", str(path), *args], capture_output=True, text=True,
-                              timeout=300)
+        return convert_cli(path, *args)
 
     exact = cli("-o", str(tmp_path / "exact"), "--verify", "--batch-sizes", "2", "5")
     assert exact.returncode == 0, exact.stderr

@@ -19,7 +19,7 @@ from zoo.publish.build import BuildError, Options, build, publish_entry
 from zoo.registry import DEFAULT_REGISTRY, load_registry
 
 from .conftest import ZOO_MODELS, export, randomize_
-from .helpers import run_onnxruntime
+from .helpers import run_onnxruntime, zoo_cli
 from .servers import WritableHub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,9 +244,8 @@ def test_a_build_interrupted_anywhere_leaves_each_model_old_or_new(offline_build
 def test_cli_build_skips_what_is_unchanged_unless_forced(tmp_path):
     """`zoo build --force` rebuilds an entry whose build stamp says nothing changed (a plain rerun skips it)."""
     def cli(*extra):
-        done = subprocess.run([sys.executable, "-m", "zoo", "build", "squeezenet1_1", "--offline", "--out",
-                               str(tmp_path / "out"), "--models-dir", str(tmp_path / "models"), *extra],
-                              capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+        done = zoo_cli("build", "squeezenet1_1", "--offline", "--out", tmp_path / "out", "--models-dir",
+                       tmp_path / "models", *extra)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout.split()[1], (tmp_path / "out" / "squeezenet1_1" / "build.json").stat().st_mtime_ns
 

@@ -22,6 +22,7 @@ from zoo.publish.localhub import LocalHub, free_port
 from zoo.weights.pretrained import WeightsError
 
 from .conftest import HF_HOME
+from .helpers import zoo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,9 +149,7 @@ def test_cli_predict(hub, tmp_path):
 
     image = tmp_path / "cat.png"
     Image.new("RGB", (300, 240), (200, 120, 40)).save(image)
-    env = {**os.environ}
-    done = subprocess.run([sys.executable, "-m", "zoo", "predict", "squeezenet1_1", str(image), "--top", "3"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = zoo_cli("predict", "squeezenet1_1", image, "--top", "3")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "stand-ins" in lines[0] and lines[1] == f"{image} (stand-in weights)" and len(lines) == 5

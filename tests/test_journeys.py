@@ -19,6 +19,8 @@ from PIL import Image
 import zoo
 from zoo.convert import load_converted
 
+from .helpers import zoo_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 ENTRY = """\
@@ -48,9 +50,8 @@ models:
 """
 
 
-def zoo_cli(*args, env=None, check=True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
-                          timeout=900, env={**os.environ, **(env or {})})
+def run_zoo(*args, env=None, check=True) -> subprocess.CompletedProcess:
+    done = zoo_cli(*args, env=env)
     if check:
         assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -70,7 +71,7 @@ def exported(tmp_path_factory) -> Path:
 
 
 def test_inspect_convert_and_load_back(exported, tmp_path):
-    listed = zoo_cli("convert", exported, "--layers")
+    listed = run_zoo("convert", exported, "--layers")
     header, *rows = listed.stdout.splitlines()
     assert header.split()[:3] == ["op", "onnx", "node"] and "layer" in header
     gemm = next(r for r in rows if r.startswith("Gemm"))
@@ -79,13 +80,13 @@ def test_inspect_convert_and_load_back(exported, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert len(piped.stdout.splitlines()) == 2 and "Traceback" not in piped.stderr
     folder = tmp_path / "out"
-    zoo_cli("convert", exported, "-o", folder)
+    run_zoo("convert", exported, "-o", folder)
     module = load_converted(folder)
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert module(x).shape == (2, 1000)
     assert (folder / "resnet18.safetensors").stat().st_mode & 0o777 == (folder / "resnet18.py").stat().st_mode & 0o777
-    bad = zoo_cli("convert", tmp_path, "-o", tmp_path / "x", check=False)
+    bad = run_zoo("convert", tmp_path, "-o", tmp_path / "x", check=False)
     assert bad.returncode == 2 and "is a folder" in bad.stderr
 
 
@@ -93,15 +94,15 @@ def test_inspect_convert_and_load_back(exported, tmp_path):
 def own_zoo(exported, tmp_path_factory):
     """A registry of one's own (ZOO_REGISTRY) whose entry's source is a local path, built with the CLI."""
     root = tmp_path_factory.mktemp("myzoo")
-    hashed = zoo_cli("hash", exported).stdout
+    hashed = run_zoo("hash", exported).stdout
     sha256 = hashed.split("sha256: ")[1].split()[0]
     size = int(hashed.split("size: ")[1].split()[0])
     (root / "registry.yaml").write_text(ENTRY.format(url=exported, sha256=sha256, size=size, classifier="fc"))
     env = {"ZOO_REGISTRY": str(root / "registry.yaml"), "ZOO_CACHE": str(root / "cache"),
            "ZOO_PINS": str(root / "none.json")}
-    offline = zoo_cli("build", "--offline", "--out", root / "offline", env=env)
+    offline = run_zoo("build", "--offline", "--out", root / "offline", env=env)
     assert "skipped: no stand-in" in offline.stdout  # an entry without a stand-in never breaks offline builds
-    zoo_cli("build", "--out", root / "build", env=env)
+    run_zoo("build", "--out", root / "build", env=env)
     assert (root / "models" / "tiny_resnet.py").is_file()
     return root, env
 
@@ -139,7 +140,7 @@ def test_fine_tune_then_predict_with_the_trained_labels(own_zoo, tmp_path):
                            "--out", str(tmp_path / "ft")], capture_output=True, text=True, timeout=900,
                           env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-2000:]
-    predicted = zoo_cli("predict", "tiny_resnet", data / "val" / "red" / "0.png", "--weights", tmp_path / "ft",
+    predicted = run_zoo("predict", "tiny_resnet", data / "val" / "red" / "0.png", "--weights", tmp_path / "ft",
                         "--top", "3", env=env)
     shown_top = [tuple(line.split()[::-1]) for line in predicted.stdout.splitlines()[1:]]
     # The ranking and probabilities the CLI prints are the fine-tuned model's own, computed here independently.

@@ -13,7 +13,7 @@ import pytest
 import zoo
 from zoo.cli import main
 
-from .test_tasks import noise, tuned  # noqa: F401  (a fixture)
+from .helpers import noise
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 zoo_ray = pytest.importorskip("zoo.tasks.ray")

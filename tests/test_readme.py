@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 RUNS = ("python", "bash", "yaml")
@@ -239,6 +241,7 @@ def test_extractor_reads_marks_and_every_fence():
     assert found[0].marks == [] and found[2].marks == []
 
 
+@pytest.mark.slow
 def test_every_readme_block_runs_as_written(tmp_path, offline_build):
     from zoo.publish.build import Options, build
     from zoo.publish.localhub import LocalHub

@@ -7,8 +7,6 @@ import json
 import math
 import signal
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,41 +16,12 @@ from PIL import Image
 
 import zoo
 from zoo.cli import main
-from zoo.modeling.preprocess import imagenet_classes, imagenet_wnids, resized
-from zoo.publish.hub import save_pretrained
+from zoo.modeling.preprocess import imagenet_classes, imagenet_wnids
 from zoo.tasks.evaluate import Tally, class_indices, wilson_interval
 
-from .conftest import randomize_
-from .helpers import KillRunner, changes_counted, script
+from .helpers import TUNED_LABELS as LABELS, TUNED_SIZE as SIZE, KillRunner, changes_counted, noise, script, zoo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = list("abcdef")
-SIZE = 32
-
-
-def zoo_cli(*args, timeout=300, **kw):
-    return subprocess.run([sys.executable, "-m", "zoo", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory) -> Path:
-    """A seeded 6-class SqueezeNet at 32 px with labels a-f, saved as a fine-tuned folder (config.json)."""
-    folder = tmp_path_factory.mktemp("tuned")
-    model = randomize_(zoo.squeezenet1_1(num_classes=6), seed=1)
-    with torch.no_grad():
-        model.get_classifier().bias += 50.0  # no class sits at the ReLU's zero: every image has a strict ranking
-    model.pretrained_cfg.update(input_size=[3, SIZE, SIZE], labels=LABELS,
-                                preprocessing=resized(model.pretrained_cfg["preprocessing"], SIZE))
-    save_pretrained(model, folder)
-    return folder
-
-
-def noise(path: Path, seed: int, size=(40, 36)) -> Path:
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def ranking(model, path: Path) -> list[int]:

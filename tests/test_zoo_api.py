@@ -17,6 +17,7 @@ from zoo.registry import load_registry
 from zoo.weights.pretrained import WeightsError
 
 from .conftest import ZOO_MODELS
+from .helpers import zoo_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,23 +140,23 @@ def test_labels():
 
 
 def test_cli_list_info_and_convert(tmp_path):
-    listed = subprocess.run([sys.executable, "-m", "zoo", "list"], capture_output=True, text=True, timeout=120)
+    listed = zoo_cli("list")
     rows = listed.stdout.splitlines()
     assert listed.returncode == 0 and rows[0].split()[:3] == ["model", "classifier", "top-1"]
     assert [r.split()[0] for r in rows[1:]] == zoo.list_models()
-    info = subprocess.run([sys.executable, "-m", "zoo", "info", "resnet50"], capture_output=True, text=True, timeout=120)
+    info = zoo_cli("info", "resnet50")
     fields = dict(line.split(None, 1) for line in info.stdout.splitlines() if line[:1].strip())
     assert fields["classifier"] == "pred" and fields["input"] == "3x224x224" and "822daa93" in fields["onnx"]
-    bad = subprocess.run([sys.executable, "-m", "zoo", "info", "nope"], capture_output=True, text=True, timeout=120)
+    bad = zoo_cli("info", "nope")
     assert bad.returncode == 2 and "unknown model" in bad.stderr
     from zoo.publish.standins import build_standin
 
     onnx_path = build_standin("squeezenet", tmp_path / "sq.onnx")
-    conv = subprocess.run([sys.executable, "-m", "zoo", "convert", str(onnx_path), "-o", str(tmp_path / "o"),
-                           "--outputs", "r65"], capture_output=True, text=True, timeout=300)
+    conv = zoo_cli("convert", onnx_path, "-o", tmp_path / "o", "--outputs", "r65")
     assert conv.returncode == 0 and (tmp_path / "o" / "sq.py").exists()
 
 
+@pytest.mark.slow
 def test_finetune_on_real_digits_beats_chance(tmp_path):
     from zoo.tasks.finetune import build_parser, run
 
@@ -169,6 +170,7 @@ def test_finetune_on_real_digits_beats_chance(tmp_path):
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_finetune_with_torchrun_two_processes(tmp_path):
     from zoo.publish.localhub import free_port
 
