@@ -103,7 +103,7 @@ def made_once(tmp_path_factory, name: str, make):
     result = folder.parent / f"{name}.result.pickle"
     with FileLock(str(folder.parent / f"{name}.lock")):
         if not result.exists():
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a worker that failed here leaves a partial folder to overwrite
             value = make(folder)
             result.write_bytes(pickle.dumps(value))
             return value

@@ -1,5 +1,6 @@
-"""`zoo add` and minimal registry entries, as a new user meets them: through the CLI in subprocesses, with
-ZOO_REGISTRY and ZOO_CACHE in temporary folders. Small exports (64x64 input, width-reduced) keep it fast."""
+"""`zoo add` and minimal registry entries, as a new user meets them: through the CLI (run in this process; the
+Python snippets a user would run, in subprocesses), with ZOO_REGISTRY and ZOO_CACHE in temporary folders.
+Small exports (64x64 input, width-reduced) keep it fast."""
 from __future__ import annotations
 
 import json
@@ -82,17 +83,12 @@ def zoo(*args, env, check=True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """The `zoo` command in this process: for refusals, which must not cost a subprocess start each."""
-    from zoo.cli import main
-
+def cli():
+    """`zoo` for refusals: (exit code, stdout, stderr), never a traceback."""
     def call(*args, env) -> tuple[int, str, str]:
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        code = main(list(map(str, args)))
-        out, err = capsys.readouterr()
-        assert "Traceback" not in err
-        return code, out, err
+        done = zoo_cli(*args, env=env)
+        assert "Traceback" not in done.stderr
+        return done.returncode, done.stdout, done.stderr
 
     return call
 
