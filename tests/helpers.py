@@ -158,15 +158,15 @@ def export_and_compare(arch: str, path: Path, opset: int = 17, batch_sizes=(1, 3
     return module
 
 
-# Prepended to a child process's script: the child SIGKILLs itself just before its K-th change to the files under
+# Run before a kill job (KillRunner): the job SIGKILLs itself just before its K-th change to the files under
 # $ZOO_KILL_ROOTS (os.replace, rename, unlink, remove, rmdir, mkdir, shutil.rmtree, a file opened for writing),
 # K = $ZOO_KILL_AT. Changes inside a private scratch folder (named by a prefix in $ZOO_KILL_SCRATCH) are not
 # counted: nothing reads them; making the folder and moving a file out of it are. Killing at K = 1, 2, ... in
-# turn reaches every step, whatever the machine's speed. K = 0 kills nowhere and prints the number of changes
-# at exit ("zoo-kill: N changes" on stderr) and lists each change ("zoo-kill: K FUNCTION PATH"), for a test that
-# picks its Ks from the whole run (kill_points).
+# turn reaches every step, whatever the machine's speed. K = 0 kills nowhere and reports on stderr, when the job
+# ends, each change ("zoo-kill: K FUNCTION PATH") and their number ("zoo-kill: N changes"), for a test that picks
+# its Ks from the whole run (kill_points). KillRunner runs jobs under it.
 KILL_BEFORE_NTH_CHANGE = """
-import atexit, builtins, io, os, shutil, signal, sys
+import builtins, io, os, shutil, signal, sys
 _seen, _log = [0], []
 
 
@@ -210,8 +210,6 @@ _watched(shutil, "rmtree")
 _watched(builtins, "open", lambda args, kwargs: any(c in str(args[1] if len(args) > 1 else kwargs.get("mode", "r"))
                                                     for c in "wax+"))
 io.open = builtins.open
-if _kill_at == 0:
-    atexit.register(lambda: print(_kill_report(), file=sys.stderr))
 """
 
 # A process that runs KILL_BEFORE_NTH_CHANGE, imports zoo once, then runs the job (the code after it, with sys.argv

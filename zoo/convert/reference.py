@@ -1,4 +1,5 @@
-"""onnxruntime as the reference executor: the one way the converter, the scripts and the tests open a session.
+"""onnxruntime as the reference executor: the session verify, the comparison scripts and the exactness tests compare
+against (the export check, the shape probe and a few float-only tests still open their own).
 
 On an x86-64 CPU without VNNI (AVX2, AVX-512 without VNNI), onnxruntime multiplies uint8 activations by int8
 weights with an instruction that adds pairs of products in 16 bits and saturates: the result then depends on the
@@ -15,14 +16,14 @@ import onnx
 Source = Union[str, os.PathLike, bytes, onnx.ModelProto]
 
 
-def session(source: Source, *, optimization: str | None = None, threads: int | None = None, log_level: int = 3):
+def session(source: Source, *, optimization: str | None = None, threads: int | None = None):
     """An onnxruntime CPU session of ``source`` (a path, serialized bytes or a ModelProto) with exact integer
     arithmetic and no spinning threads. ``optimization``: 'disable', 'basic', 'extended' or 'all' (onnxruntime's
     default); ``threads``: intra-op threads (onnxruntime's default: one per core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = log_level
+    options.log_severity_level = 3
     options.add_session_config_entry("session.x64quantprecision", "1")
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimization is not None:
